@@ -1,0 +1,67 @@
+# gptoss-lab: two commands for people (`make lab`, `make test`), and the steps they share.
+#
+#   make install   .venv with the pinned CPU torch (on a machine without an NVIDIA GPU), the package in
+#                  editable mode with its test extras, and as root the system packages the tests use.
+#                  A fast no-op when nothing changed.
+#   make test      install + every test
+#   make lab       install + JupyterLab on the quickstart notebook
+#   make bench     install + the benchmarks (figures printed, ratios measured side by side)
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -qq
+
+# CPU-only machines get this torch first, so that nothing pulls a multi-GB CUDA build later. On this
+# project's machines the file lies on local disk; elsewhere add TORCH_INDEX=https://download.pytorch.org/whl/cpu.
+# Machines with an NVIDIA GPU keep the torch they have (or get pip's default, a CUDA build).
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+# Debian packages the tests use: bubblewrap (the python tool's sandbox), chromium (browser tests).
+SYSTEM_PACKAGES ?= bubblewrap chromium
+SYSTEM_COMMANDS ?= bwrap chromium
+
+STAMP := $(VENV)/.gptoss-lab-installed
+PYTEST_ARGS ?=
+
+.PHONY: install test lab bench system-packages clean
+
+install: system-packages $(STAMP)
+
+system-packages:
+	@missing=""; for c in $(SYSTEM_COMMANDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing system packages ($(SYSTEM_PACKAGES)): missing$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
+	else \
+		echo "note: missing$$missing; install the Debian packages '$(SYSTEM_PACKAGES)' (as root) for the sandbox and browser tests"; \
+	fi
+
+$(STAMP): pyproject.toml Makefile
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "gptoss-lab needs Python 3.10 or newer")'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@if command -v nvidia-smi >/dev/null 2>&1; then \
+		echo "NVIDIA GPU found: keeping the CUDA torch pip chooses"; \
+	elif [ "$$(uname -s)" = "Linux" ]; then \
+		$(PIP) install "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)); \
+	fi
+	$(PIP) install -e '.[test,lab]'
+	@touch $@
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lab: install
+	@if [ -f notebooks/quickstart.ipynb ]; then \
+		$(VENV)/bin/jupyter lab --LabApp.news_url=None notebooks/quickstart.ipynb; \
+	else \
+		echo "note: the quickstart notebook arrives with the notebook issue; opening JupyterLab on the repository"; \
+		$(VENV)/bin/jupyter lab --LabApp.news_url=None; \
+	fi
+
+bench: install
+	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; echo; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build dist

@@ -1,0 +1,30 @@
+"""gptoss-lab: study and use OpenAI's open-weight gpt-oss models inside Jupyter.
+
+``import gptoss_lab`` is cheap and needs no GPU: heavy libraries load where they are used.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "encoding"]
+
+if TYPE_CHECKING:
+    from .harmony.vocab import encoding
+
+_LAZY = {
+    "encoding": ("gptoss_lab.harmony.vocab", "encoding"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'gptoss_lab' has no attribute {name!r}")

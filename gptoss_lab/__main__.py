@@ -1,0 +1,3 @@
+from gptoss_lab.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,123 @@
+"""The ``gptoss-lab`` command line.
+
+A command that prints a transcript writes exactly one JSON document to stdout; notes go to stderr.
+Unreadable input exits with status 2 and one line that says what to do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+
+class InputError(Exception):
+    """Input the command cannot read; the message is the one line the user sees."""
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"gptoss-lab: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _read_input(path: str) -> bytes:
+    try:
+        if path == "-":
+            return sys.stdin.buffer.read()
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise InputError(f"cannot read {path!r}: {e.strerror or e}") from e
+
+
+def _token_ids(data: bytes, source: str) -> list[int]:
+    from .harmony.events import VOCAB_SIZE
+
+    try:
+        ids = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputError(f"{source} is not a JSON list of token ids ({e}); drop --tokens to parse raw text") from e
+    if not isinstance(ids, list) or not all(type(t) is int for t in ids):
+        raise InputError(f"{source} must hold a JSON list of integers, e.g. [200005, 35644, 200008]")
+    bad = next((t for t in ids if not 0 <= t < VOCAB_SIZE), None)
+    if bad is not None:
+        raise InputError(f"token id {bad} in {source} is outside the Harmony vocabulary (0..{VOCAB_SIZE - 1})")
+    return ids
+
+
+def _text_ids(data: bytes, source: str) -> list[int]:
+    from .harmony.vocab import encoding
+
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"{source} is not UTF-8 text (bad byte at offset {e.start}); pass token ids with --tokens"
+        ) from e
+    # A line break after the last special token is the file's, not the model's.
+    for eol in ("\r\n", "\n"):
+        if text.endswith("|>" + eol):
+            text = text[: -len(eol)]
+            break
+    # Special tokens are written out, as servers print them: read them as the special tokens they are.
+    return encoding().encode(text, allowed_special="all")
+
+
+def cmd_parse(args: argparse.Namespace) -> int:
+    from .harmony.parser import HarmonyStreamParser
+    from .harmony.transcript import TranscriptBuilder
+    from .harmony.vocab import encoding
+
+    source = "standard input" if args.file == "-" else repr(args.file)
+    try:
+        data = _read_input(args.file)
+        ids = _token_ids(data, source) if args.tokens else _text_ids(data, source)
+    except InputError as e:
+        _fail(str(e))
+    parser = HarmonyStreamParser(encoding(), role="assistant")
+    builder = TranscriptBuilder()
+    builder.extend(parser.feed(ids))
+    builder.extend(parser.close("end_of_input"))
+    doc = builder.to_dict()
+    for err in builder.errors:
+        print(f"gptoss-lab: recovered: {err['reason']} (at token {err['token_index']})", file=sys.stderr)
+    _write_json(doc)
+    return 0
+
+
+def _write_json(doc: dict[str, Any]) -> None:
+    out = json.dumps(doc, ensure_ascii=False, indent=2) + "\n"
+    sys.stdout.buffer.write(out.encode("utf-8"))
+    sys.stdout.flush()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="gptoss-lab", description="Study and use OpenAI's gpt-oss models: tools for the terminal."
+    )
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "parse",
+        help="read a raw gpt-oss completion and print its transcript JSON",
+        description=(
+            "Read a raw completion (special tokens written out, as servers print them; it may start "
+            "inside an assistant turn or with <|start|>) and print the transcript JSON. Malformed output "
+            "is recovered: text that fits no message goes to 'errors', never lost."
+        ),
+    )
+    p.add_argument("file", nargs="?", default="-", help="the completion file, or - for standard input (default)")
+    p.add_argument("--tokens", action="store_true", help="the input is a JSON list of token ids, not text")
+    p.set_defaults(func=cmd_parse)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

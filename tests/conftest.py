@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import settings
+
+# In CI the property tests replay the same examples every run: a failure there is reproducible.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
+
+REPO = Path(__file__).resolve().parent.parent
+# openai-harmony's own test data lives beside the repository (../shared), never inside it.
+VECTORS = REPO.parent / "shared" / "harmony-vectors"
+# benchmarks.corpus: the realistic completions that the tests share with `make bench`.
+sys.path.insert(0, str(REPO))
+
+
+@pytest.fixture(scope="session")
+def enc():
+    import gptoss_lab
+
+    return gptoss_lab.encoding()
+
+
+@pytest.fixture(scope="session")
+def vectors() -> Path:
+    if not VECTORS.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"the Harmony test vectors are missing: expected {VECTORS} (../shared beside the repo)")
+        pytest.skip(
+            f"the Harmony test vectors are not here: {VECTORS} (../shared) exists only in the project's workspace"
+        )
+    return VECTORS
