@@ -87,6 +87,33 @@ def cmd_parse(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .backends.doctor import doctor, render
+
+    report = doctor(args.device)
+    if args.json:
+        _write_json(report)
+    else:
+        print(render(report))
+    return 0
+
+
+def cmd_init_tiny(args: argparse.Namespace) -> int:
+    from .backends.tiny import init_tiny
+
+    try:
+        path = init_tiny(
+            args.dir, seed=args.seed, layers=args.layers, hidden=args.hidden, experts=args.experts, top_k=args.top_k
+        )
+    except ValueError as e:
+        _fail(str(e))
+    except OSError as e:
+        _fail(f"cannot write {args.dir!r}: {e.strerror or e}")
+    print(f"wrote a random-weight gpt-oss checkpoint (MXFP4 experts) to {path}", file=sys.stderr)
+    print(path)
+    return 0
+
+
 def _write_json(doc: dict[str, Any]) -> None:
     out = json.dumps(doc, ensure_ascii=False, indent=2) + "\n"
     sys.stdout.buffer.write(out.encode("utf-8"))
@@ -111,6 +138,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", nargs="?", default="-", help="the completion file, or - for standard input (default)")
     p.add_argument("--tokens", action="store_true", help="the input is a JSON list of token ids, not text")
     p.set_defaults(func=cmd_parse)
+
+    p = sub.add_parser(
+        "doctor",
+        help="what this machine would do with gpt-oss-20b and gpt-oss-120b (no network, no weights)",
+        description="Report the device, the package versions, the MoE path this machine would use and why, "
+        "and per model its size and whether it fits.",
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument("--device", default="auto", help="auto (default), cuda, cuda:N or cpu")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser(
+        "init-tiny",
+        help="write a random-weight gpt-oss checkpoint in the official MXFP4 layout",
+        description="Write a small gpt-oss checkpoint with random weights, the real vocabulary (201088) and "
+        "MXFP4 experts in the official layout, loadable by gptoss_lab.load(DIR) and by plain transformers.",
+    )
+    p.add_argument("dir", help="the folder to write (created if needed)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--hidden", type=int, default=64, help="hidden size, a multiple of 32")
+    p.add_argument("--experts", type=int, default=4)
+    p.add_argument("--top-k", type=int, default=2, dest="top_k")
+    p.set_defaults(func=cmd_init_tiny)
     return ap
 
 

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -35,3 +37,13 @@ def vectors() -> Path:
             f"the Harmony test vectors are not here: {VECTORS} (../shared) exists only in the project's workspace"
         )
     return VECTORS
+
+
+@pytest.fixture(scope="session")
+def offline() -> tuple[str, ...]:
+    """A command prefix that runs a program in a new network namespace: no network, loopback down."""
+    if shutil.which("unshare") and subprocess.run(["unshare", "-rn", "true"]).returncode == 0:
+        return ("unshare", "-rn")
+    if os.environ.get("CI"):
+        pytest.fail("unshare -rn is needed to run programs with no network (util-linux, user namespaces)")
+    pytest.skip("unshare -rn is not available here: cannot cut the network for this test")

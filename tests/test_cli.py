@@ -4,8 +4,6 @@ and it works with no network, no cache and an empty environment."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -90,19 +88,10 @@ def test_unreadable_input_is_one_line_and_exit_2(args, stdin, says):
     assert len(lines) == 1 and says.decode() in lines[0]
 
 
-def _offline_prefix():
-    """Run in a new network namespace: no network at all, loopback down."""
-    if shutil.which("unshare") and subprocess.run(["unshare", "-rn", "true"]).returncode == 0:
-        return ("unshare", "-rn")
-    if os.environ.get("CI"):
-        pytest.fail("unshare -rn is needed to run the CLI with no network (util-linux, user namespaces)")
-    pytest.skip("unshare -rn is not available here: cannot cut the network for this test")
-
-
-def test_works_offline_with_an_empty_environment(tmp_path):
+def test_works_offline_with_an_empty_environment(tmp_path, offline):
     f = tmp_path / "out.txt"
     f.write_text(SAMPLE, encoding="utf-8")
-    prefix = _offline_prefix()
+    prefix = offline
     # Nothing at all in the environment: no HOME, no PATH, no cache variables.
     out = run(["parse", str(f)], env={}, prefix=prefix)
     assert out.returncode == 0, out.stderr

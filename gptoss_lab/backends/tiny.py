@@ -1,0 +1,105 @@
+"""Random-weight gpt-oss checkpoints in the official MXFP4 layout (``gptoss-lab init-tiny``).
+
+Real weights are 13 GB and more; these checkpoints have the real architecture and the real
+vocabulary (201088 tokens), with experts stored exactly as OpenAI publishes them (``*_blocks`` and
+``*_scales`` uint8, ``quantization_config`` mxfp4) and everything else in bf16, so the real loading
+code can be tested with no download. They generate noise: they are for testing set-ups, not answers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .mxfp4 import quantize
+
+MARKER = "gptoss_lab.json"  # says what made the checkpoint; load() puts it in its report
+MODULES_NOT_CONVERTED = ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]
+GENERATION_CONFIG = {"bos_token_id": 199998, "eos_token_id": [200002, 199999, 200012], "pad_token_id": 199999}
+
+
+def tiny_config(
+    *,
+    layers: int = 2,
+    hidden: int = 64,
+    experts: int = 4,
+    top_k: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    head_dim: int | None = None,
+    intermediate: int | None = None,
+    sliding_window: int = 128,
+    vocab_size: int = 201088,
+) -> Any:
+    """A ``GptOssConfig`` of the real architecture at a small size."""
+    from transformers import GptOssConfig
+
+    if hidden % 32 or (intermediate or hidden) % 32:
+        raise ValueError("MXFP4 experts need hidden and intermediate sizes that are multiples of 32")
+    if not 1 <= top_k <= experts:
+        raise ValueError(f"top-k must be between 1 and the number of experts ({experts}), got {top_k}")
+    if heads % kv_heads:
+        raise ValueError(f"the attention heads ({heads}) must be a multiple of the key/value heads ({kv_heads})")
+    return GptOssConfig(
+        num_hidden_layers=layers,
+        num_local_experts=experts,
+        num_experts_per_tok=top_k,
+        hidden_size=hidden,
+        intermediate_size=intermediate or hidden,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim or hidden // heads,
+        sliding_window=sliding_window,
+        vocab_size=vocab_size,
+        max_position_embeddings=131072,
+        **GENERATION_CONFIG,
+    )
+
+
+def init_tiny(path: str | Path, *, seed: int = 0, shards: int = 2, **shape: Any) -> Path:
+    """Write a random-weight gpt-oss checkpoint to ``path`` and return it.
+
+    ``shape`` takes the keywords of :func:`tiny_config` (``layers``, ``hidden``, ``experts``, ``top_k``, ...).
+    """
+    import torch
+    from safetensors.torch import save_file
+    from transformers import GptOssForCausalLM
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    config = tiny_config(**shape)
+    torch.manual_seed(seed)
+    model = GptOssForCausalLM(config).eval()  # float32, initialised as transformers does (std 0.02)
+
+    tensors: dict[str, torch.Tensor] = {}
+    for name, param in model.state_dict().items():
+        if name.endswith("experts.gate_up_proj") or name.endswith("experts.down_proj"):
+            # The parameter is (E, in, out); the checkpoint stores (E, out, in) in blocks along `in`.
+            blocks, scales = quantize(param.transpose(1, 2))
+            tensors[f"{name}_blocks"] = blocks
+            tensors[f"{name}_scales"] = scales
+        else:
+            tensors[name] = param.to(torch.bfloat16).contiguous()
+
+    names = sorted(tensors)
+    groups = [names[k::shards] for k in range(shards)] if shards > 1 else [names]
+    weight_map = {}
+    for k, group in enumerate(groups):
+        file = f"model-{k + 1:05d}-of-{len(groups):05d}.safetensors" if len(groups) > 1 else "model.safetensors"
+        save_file({n: tensors[n] for n in group}, str(out / file), metadata={"format": "pt"})
+        weight_map.update({n: file for n in group})
+    if len(groups) > 1:
+        total = sum(t.numel() * t.element_size() for t in tensors.values())
+        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+    cfg = config.to_dict()
+    cfg["architectures"] = ["GptOssForCausalLM"]
+    cfg["dtype"] = "bfloat16"
+    cfg["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": MODULES_NOT_CONVERTED}
+    (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    (out / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2) + "\n")
+    marker = {"kind": "tiny", "seed": seed, "random_weights": True, **{k: v for k, v in shape.items()}}
+    (out / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    return out

@@ -1,0 +1,364 @@
+"""gpt-oss in the running kernel, with transformers: ``gptoss_lab.load()``.
+
+``load()`` finds the files (missing weights fail fast), decides the MoE path and checks the memory
+before any weight is read, loads with transformers, and reports exactly what ran. The returned
+backend streams token steps with optional logprobs and expert routing, and keeps a prefix KV cache
+so that a tool loop's continuation only prefills what is new.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..errors import ModelDoesNotFitError
+from .base import Cancel, Routing, TokenStep, cancelled
+from .plan import MoePlan, detect_device, fit_message, gb, plan_moe, versions
+from .presets import preset_for, size_of
+from .source import Source, download, read_config, resolve
+
+STOP_TOKENS = frozenset({200002, 200012})  # <|return|>, <|call|>
+
+
+@dataclass
+class LoadReport:
+    """What ran: device, dtype, MoE path, attention, size, time, and a note for every fallback."""
+
+    model: str
+    kind: str  # "tiny", "local", "hub"
+    path: str
+    device: str
+    dtype: str
+    moe_path: str
+    attn_implementation: str
+    params: int
+    memory_bytes: int
+    load_seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        lines = [
+            f"model      {self.model} ({self.kind}: {self.path})",
+            f"device     {self.device}",
+            f"dtype      {self.dtype}",
+            f"moe_path   {self.moe_path}",
+            f"attention  {self.attn_implementation}",
+            f"params     {self.params / 1e9:.3f} B" if self.params >= 1e8 else f"params     {self.params / 1e6:.1f} M",
+            f"memory     {gb(self.memory_bytes)}" if self.memory_bytes >= 1e8 else f"memory     {self.memory_bytes / 1e6:.1f} MB",
+            f"loaded in  {self.load_seconds:.1f} s",
+        ]
+        lines += [f"note       {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def _repr_markdown_(self) -> str:
+        return "```text\n" + str(self) + "\n```"
+
+
+class _LibraryMessages(logging.Handler):
+    """Collects what transformers says while it loads: its own words go into the report."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage().strip()
+        if msg and msg not in self.messages:
+            self.messages.append(msg)
+
+
+def load(
+    model: str = "tiny",
+    *,
+    device: str = "auto",
+    dtype: str | None = None,
+    attn_implementation: str | None = None,
+    check_fit: bool = True,
+) -> TransformersBackend:
+    """Load a gpt-oss model into this process.
+
+    Parameters
+    ----------
+    model
+        A hub id (``openai/gpt-oss-20b``), a local checkpoint folder, or ``"tiny"`` (a random-weight
+        checkpoint of the real architecture, made on first use).
+    device
+        ``"auto"`` (a CUDA GPU when torch sees one, else the CPU), ``"cuda"``, ``"cuda:N"`` or ``"cpu"``.
+    dtype
+        ``"float32"`` or ``"bfloat16"``; default float32 on CPU and bfloat16 on GPU.
+    attn_implementation
+        Passed to transformers; default eager on CPU, and on GPU the attention-sinks flash kernel where
+        it can be had (else eager, with a note).
+    check_fit
+        Refuse a model that will not fit in free memory (checked from the config, before any weight).
+
+    Raises
+    ------
+    WeightsNotFoundError
+        The weights are not here and cannot be downloaded (no network): says how to get them.
+    ModelDoesNotFitError
+        The model needs more memory than is free: says what would fit.
+    """
+    t0 = time.perf_counter()
+    source = resolve(model)  # missing weights are the first thing a user must hear about
+    dev = detect_device(device)
+    plan = plan_moe(dev, dtype=dtype)
+    preset = preset_for(source.hub_id or "") if source.path is None else None
+    config = preset.shape if preset is not None else read_config(source)
+    size = size_of(config)
+    fits, message, need = fit_message(model, size, plan, dev)
+    if check_fit and not fits:
+        raise ModelDoesNotFitError(
+            message + " (load(..., check_fit=False) tries anyway)",
+            model=model, needed_bytes=need, available_bytes=dev.free_bytes, device=dev.type,
+        )
+    if source.path is None:
+        download(source)
+    hf_model, attn, said = _from_pretrained(source, dev, plan, attn_implementation)
+    notes = [plan.reason] + plan.notes
+    moe_path = _moe_path_in(hf_model, plan)
+    if moe_path != plan.moe_path:
+        notes.append(f"fell back from {plan.moe_path} to {moe_path}")
+    notes += [f"transformers said: {m}" for m in said]
+    if source.marker and source.marker.get("random_weights"):
+        notes.append("random weights (made by gptoss-lab init-tiny): the model generates noise; it tests set-ups, not answers")
+    report = LoadReport(
+        model=model,
+        kind=source.kind,
+        path=str(source.path),
+        device=str(hf_model.device) if dev.count == 1 or dev.type == "cpu" else f"{dev.count}x {dev.name}",
+        dtype=plan.dtype,
+        moe_path=moe_path,
+        attn_implementation=attn,
+        params=size.params,
+        memory_bytes=int(hf_model.get_memory_footprint()),
+        load_seconds=time.perf_counter() - t0,
+        notes=notes,
+    )
+    return TransformersBackend(hf_model, report)
+
+
+def _from_pretrained(source: Source, dev: Any, plan: MoePlan, attn: str | None) -> tuple[Any, str, list[str]]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, plan.dtype)}
+    kwargs["device_map"] = "auto" if dev.type == "cuda" and dev.count > 1 else {"": "cuda" if dev.type == "cuda" else "cpu"}
+    quantized = (read_config(source).get("quantization_config") or {}).get("quant_method") == "mxfp4"
+    if quantized and plan.moe_path != "mxfp4-kernels":
+        from transformers import Mxfp4Config
+
+        # Say it ourselves, with the reason, instead of letting transformers fall back on its own.
+        kwargs["quantization_config"] = Mxfp4Config(dequantize=True)
+    wanted = attn or ("eager" if dev.type == "cpu" else "kernels-community/vllm-flash-attn3")
+    handler = _LibraryMessages()
+    tf_logger = logging.getLogger("transformers")
+    tf_logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                model = AutoModelForCausalLM.from_pretrained(str(source.path), attn_implementation=wanted, **kwargs)
+            except Exception as e:  # the attention kernel could not be had: eager attention still works
+                if wanted == "eager" or attn is not None:
+                    raise
+                handler.messages.append(f"attention kernel {wanted} unavailable ({type(e).__name__}: {e}); using eager")
+                wanted = "eager"
+                model = AutoModelForCausalLM.from_pretrained(str(source.path), attn_implementation=wanted, **kwargs)
+    finally:
+        tf_logger.removeHandler(handler)
+    said = handler.messages + [str(w.message) for w in caught if "gpt" in str(w.message).lower() or "mxfp4" in str(w.message).lower()]
+    if plan.dtype == "float32":
+        # transformers dequantizes MXFP4 experts to bf16 even when float32 is asked for.
+        model = model.float()
+    model.eval()
+    return model, str(model.config._attn_implementation), said
+
+
+def _moe_path_in(model: Any, plan: MoePlan) -> str:
+    experts = model.model.layers[0].mlp.experts
+    if type(experts).__name__ == "Mxfp4GptOssExperts":
+        return "mxfp4-kernels"
+    dtype = str(experts.gate_up_proj.dtype).replace("torch.", "")
+    return f"dequantized-{dtype}"
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class TransformersBackend:
+    """A loaded gpt-oss model: ``.model`` (transformers), ``.report``, and ``.stream()``.
+
+    The KV cache of the last stream is kept: a prompt that extends the previous prompt and its output
+    (a tool loop appending a tool reply) prefills only the new tokens; a prompt that diverges reuses
+    the cache up to the divergence. Every layer keeps its full history (sliding-window layers too) so
+    the cache can always be cut back; the memory this costs is small next to the weights
+    (gpt-oss-20b: ~48 KB per token in bf16).
+    """
+
+    def __init__(self, model: Any, report: LoadReport):
+        self.model = model
+        self.report = report
+        self.stop_tokens = STOP_TOKENS
+        self._cache: Any = None
+        self._cache_ids: list[int] = []
+        self._busy = threading.Lock()
+        self.last_prefill: dict[str, int] = {}
+
+    def __repr__(self) -> str:
+        r = self.report
+        return f"<gptoss-lab model {r.model!r}: {r.moe_path}, {r.attn_implementation} attention, {r.device}, {r.dtype}>"
+
+    def _repr_markdown_(self) -> str:
+        return self.report._repr_markdown_()
+
+    @property
+    def device(self) -> Any:
+        return self.model.device
+
+    def reset_cache(self) -> None:
+        self._cache, self._cache_ids = None, []
+
+    # -- the forward passes -------------------------------------------------------------------------
+
+    def _forward(self, ids: Sequence[int]) -> Any:
+        import torch
+
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=torch.tensor([list(ids)], device=self.model.device),
+                past_key_values=self._cache,
+                use_cache=True,
+                logits_to_keep=1,  # never materialise (T, 201088) logits for a long prompt
+            )
+        self._cache_ids.extend(ids)
+        return out.logits[0, -1]
+
+    def prefill(self, prompt_ids: Sequence[int]) -> Any:
+        """Bring the cache up to ``prompt_ids`` and return the logits for the next token."""
+        from transformers import DynamicCache
+
+        prompt = list(prompt_ids)
+        keep = min(common_prefix(self._cache_ids, prompt), len(prompt) - 1)
+        if self._cache is None or keep == 0:
+            self._cache, self._cache_ids, keep = DynamicCache(), [], 0
+        elif keep < len(self._cache_ids):
+            self._cache.crop(keep - len(self._cache_ids))  # a negative count removes tokens
+            del self._cache_ids[keep:]
+        self.last_prefill = {"cached": keep, "prefilled": len(prompt) - keep}
+        return self._forward(prompt[keep:])
+
+    # -- sampling -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _pick(logits: Any, temperature: float, top_p: float, gen: Any, k: int) -> tuple[int, float | None, tuple]:
+        import torch
+
+        logits = logits.float()
+        if temperature <= 0:
+            token = int(torch.argmax(logits))
+        else:
+            probs = torch.softmax(logits / temperature, dim=-1)
+            if top_p < 1.0:
+                sorted_p, order = torch.sort(probs, descending=True)
+                keep = torch.cumsum(sorted_p, 0) - sorted_p < top_p  # always keeps the first
+                probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_p[keep])
+            token = int(torch.multinomial(probs, 1, generator=gen))
+        if not k:
+            return token, None, ()
+        logp = torch.log_softmax(logits, dim=-1)
+        top = torch.topk(logp, k)
+        alts = tuple(zip(top.indices.tolist(), top.values.tolist()))
+        return token, float(logp[token]), alts
+
+    def _routing_hooks(self, store: dict[int, tuple[tuple[int, ...], tuple[float, ...]]]) -> list[Any]:
+        import torch
+        import torch.nn.functional as F
+
+        def make(i: int, router: Any) -> Any:
+            def hook(module: Any, args: tuple) -> None:
+                h = args[0].reshape(-1, args[0].shape[-1])[-1:]  # the last position: the token just fed
+                logits = F.linear(h, router.weight, router.bias)  # what the router computes, (1, E)
+                top, idx = torch.topk(logits, router.top_k, dim=-1)
+                weights = torch.softmax(top, dim=-1, dtype=top.dtype)
+                store[i] = (tuple(idx[0].tolist()), tuple(weights[0].tolist()))
+
+            return hook
+
+        return [
+            layer.mlp.register_forward_pre_hook(make(i, layer.mlp.router))
+            for i, layer in enumerate(self.model.model.layers)
+        ]
+
+    # -- streaming ----------------------------------------------------------------------------------
+
+    def stream(
+        self,
+        prompt_ids: Sequence[int],
+        *,
+        max_tokens: int = 2048,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        logprobs: int = 0,
+        routing: bool = False,
+        cancel: Cancel = None,
+    ) -> Iterator[TokenStep]:
+        """Generate token steps after ``prompt_ids`` as they come.
+
+        Stops after ``<|return|>`` or ``<|call|>`` (the stop token is the last step), after
+        ``max_tokens``, or within one token once ``cancel`` (an Event or a callable) is set.
+        ``temperature=0`` is greedy. ``logprobs=K`` adds the chosen token's logprob and the top-K
+        alternatives; ``routing=True`` adds each token's experts per layer (no hooks otherwise).
+        """
+        import torch
+
+        if not prompt_ids:
+            raise ValueError("stream() needs at least one prompt token")
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError("this model is already streaming; finish or close that stream first")
+        store: dict[int, tuple[tuple[int, ...], tuple[float, ...]]] = {}
+        hooks = self._routing_hooks(store) if routing else []
+        try:
+            if cancelled(cancel):
+                return
+            gen = None
+            if seed is not None:
+                gen = torch.Generator(device=self.model.device).manual_seed(seed)
+            logits = self.prefill(prompt_ids)
+            for i in range(max_tokens):
+                token, lp, alts = self._pick(logits, temperature, top_p, gen, logprobs)
+                if token in self.stop_tokens or i == max_tokens - 1:
+                    yield TokenStep(token, lp, alts, None)  # never fed: no routing
+                    return
+                if routing:
+                    store.clear()
+                    logits = self._forward([token])
+                    step_routing: Routing = tuple(store[j] for j in range(len(store)))
+                    yield TokenStep(token, lp, alts, step_routing)
+                else:
+                    yield TokenStep(token, lp, alts)
+                    if cancelled(cancel):
+                        return
+                    logits = self._forward([token])
+                if cancelled(cancel):
+                    return
+        finally:
+            for h in hooks:
+                h.remove()
+            self._busy.release()
