@@ -9,13 +9,15 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "encoding"]
+__all__ = ["__version__", "encoding", "load"]
 
 if TYPE_CHECKING:
+    from .backends.transformers_backend import load
     from .harmony.vocab import encoding
 
 _LAZY = {
     "encoding": ("gptoss_lab.harmony.vocab", "encoding"),
+    "load": ("gptoss_lab.backends.transformers_backend", "load"),
 }
 
 

@@ -254,6 +254,23 @@ def test_a_model_that_does_not_fit_is_refused_before_any_weight_is_read(tiny_dir
     assert err.value.needed_bytes > err.value.available_bytes
 
 
+def test_missing_tensors_are_reported_not_hidden(tiny_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dir, broken)
+    index_path = broken / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    gone = "model.layers.1.post_attention_layernorm.weight"
+    shard = broken / index["weight_map"].pop(gone)
+    tensors = load_file(str(shard))
+    del tensors[gone]
+    save_file(tensors, str(shard), metadata={"format": "pt"})
+    index_path.write_text(json.dumps(index))
+    notes = load(str(broken)).report.notes
+    assert any("lacks 1 tensors" in n and gone in n and "at random" in n for n in notes)
+
+
 def test_a_folder_without_weights_is_a_clear_error(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(WeightsNotFoundError, match="missing model.safetensors"):

@@ -103,3 +103,73 @@ def init_tiny(path: str | Path, *, seed: int = 0, shards: int = 2, **shape: Any)
     marker = {"kind": "tiny", "seed": seed, "random_weights": True, **{k: v for k, v in shape.items()}}
     (out / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     return out
+
+
+def write_random_checkpoint(path: str | Path, config: Any, *, seed: int = 0, device: str = "cpu") -> Path:
+    """A random checkpoint of any size (gpt-oss-20b's shape included) written layer by layer.
+
+    Unlike :func:`init_tiny` it never builds the model: expert blocks and scales are drawn directly
+    (uniform E2M1 codes, scales around 2**-6 as in the published weights) and the other tensors are
+    drawn in bf16 on ``device``, one layer at a time, so a 20b-shaped checkpoint needs no 84 GB of
+    float32 memory. For benchmarks on machines that cannot download real weights.
+    """
+    import torch
+    from safetensors.torch import save_file
+    from transformers import GptOssForCausalLM
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.device("meta"):
+        shapes = {n: tuple(p.shape) for n, p in GptOssForCausalLM(config).state_dict().items()}
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def normal(shape: tuple[int, ...]) -> torch.Tensor:
+        return (torch.randn(shape, generator=gen, device=device, dtype=torch.float32) * 0.02).to(torch.bfloat16).cpu()
+
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    left: dict[str, int] = {}
+    for name in shapes:
+        group = name.split(".")[2] if name.startswith("model.layers.") else "other"
+        left[group] = left.get(group, 0) + 1
+    for name, shape in shapes.items():
+        group = name.split(".")[2] if name.startswith("model.layers.") else "other"
+        tensors = groups.setdefault(group, {})
+        left[group] -= 1
+        if name.endswith("experts.gate_up_proj") or name.endswith("experts.down_proj"):
+            e, cin, cout = shape
+            blocks = torch.randint(0, 256, (e, cout, cin // 32, 16), generator=gen, device=device, dtype=torch.int32)
+            scales = torch.randint(119, 123, (e, cout, cin // 32), generator=gen, device=device, dtype=torch.int32)
+            tensors[name + "_blocks"] = blocks.to(torch.uint8).cpu()
+            tensors[name + "_scales"] = scales.to(torch.uint8).cpu()
+        elif name.endswith("norm.weight"):
+            tensors[name] = torch.ones(shape, dtype=torch.bfloat16)
+        else:
+            tensors[name] = normal(shape)
+        if group != "other" and left[group] == 0:  # the layer is complete: write it and free it
+            _save_group(out, group, tensors, save_file)
+            del groups[group]
+    _save_group(out, "other", groups.pop("other"), save_file)
+    weight_map = {}
+    total = 0
+    for file in sorted(out.glob("model-*.safetensors")):
+        from safetensors import safe_open
+
+        with safe_open(str(file), "pt") as f:
+            for key in f.keys():
+                weight_map[key] = file.name
+        total += file.stat().st_size
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    cfg = config.to_dict()
+    cfg["architectures"] = ["GptOssForCausalLM"]
+    cfg["dtype"] = "bfloat16"
+    cfg["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": MODULES_NOT_CONVERTED}
+    (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    (out / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2) + "\n")
+    (out / MARKER).write_text(json.dumps({"kind": "random", "seed": seed, "random_weights": True}) + "\n")
+    return out
+
+
+def _save_group(out: Path, group: str, tensors: dict, save_file: Any) -> None:
+    name = f"model-layer{int(group):03d}.safetensors" if group != "other" else "model-other.safetensors"
+    save_file(tensors, str(out / name), metadata={"format": "pt"})

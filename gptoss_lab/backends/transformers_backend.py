@@ -129,7 +129,7 @@ def load(
         notes.append(f"fell back from {plan.moe_path} to {moe_path}")
     notes += [f"transformers said: {m}" for m in said]
     if source.marker and source.marker.get("random_weights"):
-        notes.append("random weights (made by gptoss-lab init-tiny): the model generates noise; it tests set-ups, not answers")
+        notes.append("random weights (a gptoss-lab test checkpoint): the model generates noise; it tests set-ups, not answers")
     report = LoadReport(
         model=model,
         kind=source.kind,
@@ -165,22 +165,35 @@ def _from_pretrained(source: Source, dev: Any, plan: MoePlan, attn: str | None) 
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
+            kwargs["output_loading_info"] = True
             try:
-                model = AutoModelForCausalLM.from_pretrained(str(source.path), attn_implementation=wanted, **kwargs)
+                model, info = AutoModelForCausalLM.from_pretrained(str(source.path), attn_implementation=wanted, **kwargs)
             except Exception as e:  # the attention kernel could not be had: eager attention still works
                 if wanted == "eager" or attn is not None:
                     raise
                 handler.messages.append(f"attention kernel {wanted} unavailable ({type(e).__name__}: {e}); using eager")
                 wanted = "eager"
-                model = AutoModelForCausalLM.from_pretrained(str(source.path), attn_implementation=wanted, **kwargs)
+                model, info = AutoModelForCausalLM.from_pretrained(str(source.path), attn_implementation=wanted, **kwargs)
     finally:
         tf_logger.removeHandler(handler)
-    said = handler.messages + [str(w.message) for w in caught if "gpt" in str(w.message).lower() or "mxfp4" in str(w.message).lower()]
+    said = [_plain(m) for m in handler.messages if "LOAD REPORT" not in m]
+    said += [str(w.message) for w in caught if "gpt" in str(w.message).lower() or "mxfp4" in str(w.message).lower()]
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        # e.g. transformers 5.22.2 saving a dequantized model under *_blocks names: the reload is random.
+        said.insert(0, f"WARNING: the checkpoint lacks {len(missing)} tensors ({', '.join(missing[:3])}"
+                       f"{', ...' if len(missing) > 3 else ''}); transformers initialised them at random")
     if plan.dtype == "float32":
         # transformers dequantizes MXFP4 experts to bf16 even when float32 is asked for.
         model = model.float()
     model.eval()
     return model, str(model.config._attn_implementation), said
+
+
+def _plain(message: str) -> str:
+    import re
+
+    return re.sub(r"\x1b\[[0-9;]*m", "", message)
 
 
 def _moe_path_in(model: Any, plan: MoePlan) -> str:
