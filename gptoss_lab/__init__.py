@@ -9,15 +9,19 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "encoding", "load"]
+__all__ = ["Sandbox", "__version__", "encoding", "load", "tool"]
 
 if TYPE_CHECKING:
     from .backends.transformers_backend import load
     from .harmony.vocab import encoding
+    from .tools.functions import tool
+    from .tools.sandbox import Sandbox
 
 _LAZY = {
     "encoding": ("gptoss_lab.harmony.vocab", "encoding"),
     "load": ("gptoss_lab.backends.transformers_backend", "load"),
+    "tool": ("gptoss_lab.tools.functions", "tool"),
+    "Sandbox": ("gptoss_lab.tools.sandbox", "Sandbox"),
 }
 
 

@@ -1,0 +1,70 @@
+"""The ``python`` tool: gpt-oss's stateful Jupyter tool, run in a :class:`~gptoss_lab.tools.sandbox.Sandbox`.
+
+Its declaration tells the model the truth about this sandbox: stateful, the real timeout, the data
+directory, no internet, and the folders the user shared.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .base import reply
+from .sandbox import DATA_DIR, SHARE_DIR, RunResult, Sandbox
+
+if TYPE_CHECKING:
+    from openai_harmony import Message, ToolNamespaceConfig
+
+    from ..harmony.events import ParsedMessage
+
+
+class PythonTool:
+    """Runs the model's ``to=python`` messages in a sandboxed sibling kernel (started ahead, warm).
+
+    Parameters
+    ----------
+    sandbox
+        A :class:`Sandbox` to use; by default one is made with ``sandbox_options``.
+    **sandbox_options
+        ``timeout``, ``memory_mb``, ``share``, ``isolation``, ... (see :class:`Sandbox`).
+    """
+
+    namespace = "python"
+
+    def __init__(self, sandbox: Sandbox | None = None, **sandbox_options: Any):
+        self.sandbox = sandbox if sandbox is not None else Sandbox(**sandbox_options)
+        self.last: RunResult | None = None
+
+    def matches(self, recipient: str) -> bool:
+        return recipient == "python"
+
+    def declaration_text(self) -> str:
+        sb = self.sandbox
+        text = (
+            "Use this tool to execute Python code in your chain of thought. The code will not be shown to the user. "
+            "This tool should be used for internal reasoning, but not for code that is intended to be visible to the "
+            "user (e.g. when creating plots, tables, or files).\n\n"
+            "When you send a message containing Python code to python, it will be executed in a stateful Jupyter "
+            f"notebook environment. python will respond with the output of the execution or time out after "
+            f"{float(sb.timeout)} seconds. The drive at '{DATA_DIR}' can be used to save and persist user files. "
+            "Internet access for this session is disabled."
+        )
+        if sb.shares:
+            listed = ", ".join(
+                f"'{SHARE_DIR}/{p.name}' ({'read-write' if m == 'rw' else 'read-only'})" for p, m in sb.shares.items()
+            )
+            text += f" The user shared these folders: {listed}."
+        return text
+
+    def system_config(self) -> ToolNamespaceConfig:
+        from openai_harmony import ToolNamespaceConfig
+
+        return ToolNamespaceConfig(name="python", description=self.declaration_text(), tools=[])
+
+    def call(self, message: ParsedMessage) -> list[Message]:
+        result = self.sandbox.run(message.content)
+        self.last = result
+        text = result.text if result.text.strip() else "[no output]"
+        return [reply(message, text, name="python")]
+
+    def close(self) -> None:
+        self.sandbox.close()
