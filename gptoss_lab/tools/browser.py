@@ -1,0 +1,376 @@
+"""gpt-oss's ``browser`` tool (``browser.search``, ``browser.open``, ``browser.find``), pluggable backends.
+
+The display follows OpenAI's reference ``simple_browser`` tool, the format gpt-oss was taught: every
+display gets the next cursor and starts ``[{cursor}] {title} ({url})`` and
+``**viewing lines [{first} - {last}] of {total - 1}**``; page lines are wrapped at 80 characters and
+numbered ``L{n}: ``; links read ``【{id}†{text}】`` (same site) or ``【{id}†{text}†{site}】``. The model
+cites ``【{cursor}†L{a}-L{b}】``; :meth:`BrowserTool.citations` maps those back to pages and lines.
+
+Backends: :class:`LocalBackend` searches a folder of ``.md``/``.txt``/``.html`` files offline (BM25,
+standard library only); :class:`FunctionBackend` adapts your own ``search`` and ``fetch`` functions.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import quote, unquote, urljoin, urlsplit
+
+from .base import reply
+
+if TYPE_CHECKING:
+    from openai_harmony import Message, ToolNamespaceConfig
+
+    from ..harmony.events import ParsedMessage
+
+WIDTH = 80  # the reference wraps page text at 80 characters: a line is a citable unit of that size
+LOCAL = "local://"
+_MD_LINK = re.compile(r"(!?)\[([^\]\n]*)\]\(\s*<?([^)\s>]*)>?(?:\s+\"[^\"]*\")?\s*\)")
+_ANCHOR = re.compile(r"【\d+†([^†】]*)(?:†[^†】]*)?】")
+_CITATION = re.compile(r"【(\d+)†L(\d+)(?:-L(\d+))?】")
+_CHUNK = re.compile(r"【[^】\n]*】|\s+|[^\s【]+|【")
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
+_HEADING = re.compile(r"^[ \t]{0,3}#{1,6}[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*$", re.MULTILINE)
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+_TOKEN = re.compile(rf"([{_CJK}]+)|[^\W_{_CJK}]+")
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """One search hit: where it is, what it is called, and a snippet of why it matched."""
+
+    url: str
+    title: str
+    snippet: str = ""
+
+
+@dataclass(frozen=True)
+class Document:
+    """A fetched page. ``text`` is Markdown or plain text: its Markdown links become numbered links.
+    ``source`` is the raw file, shown by ``open(view_source=true)`` (``None``: the text)."""
+
+    url: str
+    title: str
+    text: str
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class Link:
+    """A numbered link of a display; ``line`` is where to land on the target (find results)."""
+
+    url: str
+    line: int | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    """One display the model saw: wrapped lines with link anchors. ``kind``: page, search or find."""
+
+    url: str
+    title: str
+    lines: tuple[str, ...]
+    links: tuple[Link, ...] = ()
+    kind: str = "page"
+
+
+@dataclass(frozen=True)
+class Citation:
+    """A ``【{cursor}†L{start}-L{end}】`` found at ``span`` of an answer, with the page's URL, title and
+    the cited lines (links shown as their text). ``url`` is None for a cursor the tool never showed."""
+
+    span: tuple[int, int]
+    cursor: int
+    start: int
+    end: int
+    url: str | None
+    title: str | None
+    lines: tuple[str, ...]
+
+
+class Backend(Protocol):
+    """Where the browser searches and fetches. Any exception is reported to the model as ``Error:``."""
+
+    def search(self, query: str, topn: int) -> Sequence[SearchResult]: ...
+
+    def fetch(self, url: str) -> Document: ...
+
+
+class BrowserError(Exception):
+    """A failure the model can act on; its text becomes the tool's ``Error: ...`` reply."""
+
+
+def _site(url: str) -> str:
+    # a local page has no domain worth naming: its path is what tells the model where it is
+    return url.removeprefix(LOCAL) if url.startswith(LOCAL) else urlsplit(url).netloc or url
+
+
+def _join(base: str, target: str) -> str:
+    if _SCHEME.match(target) or not base.startswith(LOCAL):
+        return urljoin(base, target)
+    path = re.split(r"[#?]", target)[0]  # urljoin ignores schemes it does not know
+    joined = path if path.startswith("/") else posixpath.join(posixpath.dirname(base[len(LOCAL) :]), path)
+    return LOCAL + posixpath.normpath(joined).lstrip("/")
+
+
+def _wrap(line: str, width: int = WIDTH) -> list[str]:
+    # like the reference's textwrap, but an anchor is never split, and long unspaced runs (CJK, URLs)
+    # are cut, so that every line stays a short citable unit
+    if len(line) <= width:
+        return [line]
+    out, cur = [], ""
+    for chunk in _CHUNK.findall(line):
+        if chunk.isspace():
+            cur += chunk
+            continue
+        if len(cur) + len(chunk) > width and cur.strip() and (chunk[0] == "【" or len(chunk) <= width):
+            out.append(cur.rstrip())
+            cur = ""
+        while chunk[0] != "【" and len(cur) + len(chunk) > width:
+            room = max(width - len(cur), 1)
+            out.append(cur + chunk[:room])
+            cur, chunk = "", chunk[room:]
+        cur += chunk
+    return [*out, cur] if cur or not out else out
+
+
+def _unbracket(text: str) -> str:
+    return text.replace("【", "〖").replace("】", "〗")  # a page must not forge anchors or citations
+
+
+def _clean(text: str) -> str:
+    return _unbracket(" ".join(text.split()))
+
+
+def _anchor_links(text: str, url: str) -> tuple[str, list[Link]]:
+    """Markdown links to ``【id†text(†site)】`` anchors, numbered in order, one id per target URL."""
+    text = _unbracket(text)
+    ids: dict[str, int] = {}
+    images: list[str] = []
+
+    def sub(m: re.Match[str]) -> str:
+        bang, label, target = m[1], _clean(m[2]).replace("†", "‡"), m[3]
+        if bang:
+            images.append(label)
+            return f"[Image {len(images) - 1}{': ' + label if label else ''}]"
+        if not label or not target or target.startswith(("#", "mailto:", "javascript:")):
+            return label
+        href = _join(url, target)
+        link_id = ids.setdefault(href, len(ids))
+        site = "" if _site(href) == _site(url) else f"†{_site(href)}"  # the reference names other sites only
+        return f"【{link_id}†{label}{site}】"
+
+    return _MD_LINK.sub(sub, text), [Link(u) for u in ids]
+
+
+def _page(doc: Document, *, raw: bool = False) -> Page:
+    text, links = (_unbracket(doc.source or doc.text), []) if raw else _anchor_links(doc.text, doc.url)
+    text = re.sub(r"\n[ \t]*\n(?:[ \t]*\n)+", "\n\n", text.replace("\r\n", "\n").strip("\n"))
+    lines = [w for line in text.split("\n") for w in _wrap(line.rstrip())]
+    return Page(doc.url, doc.title, tuple(lines), tuple(links))
+
+
+def _plain(line: str) -> str:
+    return _ANCHOR.sub(lambda m: m[1], line)
+
+
+def _field(item: Any, name: str, default: str = "") -> str:
+    value = item.get(name, default) if isinstance(item, dict) else getattr(item, name, default)
+    return "" if value is None else str(value)
+
+
+class BrowserTool:
+    """gpt-oss's built-in ``browser`` tool. The displays it showed are kept by cursor in ``pages``.
+
+    Parameters
+    ----------
+    backend
+        Where to search and fetch: :class:`LocalBackend`, :class:`FunctionBackend` or your own.
+    view_lines
+        Lines shown when the model gives no ``num_lines``; ``max_lines`` caps what it may ask for.
+    max_results
+        The most search results shown, whatever ``topn`` the model asks for.
+    """
+
+    namespace = "browser"
+
+    def __init__(
+        self, backend: Backend, *, view_lines: int = 50, max_lines: int = 200, max_results: int = 20
+    ) -> None:
+        self.backend = backend
+        self.view_lines, self.max_lines, self.max_results = view_lines, max_lines, max_results
+        self.pages: list[Page] = []  # the cursor is the index
+        self._cache: dict[str, Page] = {}
+
+    def system_config(self) -> ToolNamespaceConfig:
+        """openai-harmony's own browser declaration, for the system message."""
+        from openai_harmony import ToolNamespaceConfig
+
+        return ToolNamespaceConfig.browser()
+
+    def matches(self, recipient: str) -> bool:
+        return recipient == "browser" or recipient.startswith("browser.")
+
+    def call(self, message: ParsedMessage) -> list[Message]:
+        """Run ``browser.search``, ``browser.open`` or ``browser.find``; a failure is an ``Error:`` reply."""
+        name = (message.recipient or "browser").strip()
+        function = name.partition(".")[2]
+        try:
+            if function not in ("search", "open", "find"):
+                raise BrowserError(f"there is no `{name}`; call browser.search, browser.open or browser.find")
+            try:
+                args = json.loads(message.content) if message.content.strip() else {}
+            except json.JSONDecodeError as e:
+                raise BrowserError(f"the arguments are not JSON ({e.msg}); send one JSON object") from None
+            if not isinstance(args, dict):
+                raise BrowserError('the arguments must be a JSON object, like {"query": "..."}')
+            text = getattr(self, f"_{function}")(args)
+        except BrowserError as e:
+            text = f"Error: {e}"
+        return [reply(message, text, name=name)]
+
+    def citations(self, text: str) -> list[Citation]:
+        """The ``【{cursor}†L{a}(-L{b})?】`` citations in ``text``, resolved to their page's URL and lines."""
+        out = []
+        for m in _CITATION.finditer(text):
+            cursor, start = int(m[1]), int(m[2])
+            end = int(m[3]) if m[3] else start
+            page = self.pages[cursor] if cursor < len(self.pages) else None
+            lines = tuple(_plain(x) for x in page.lines[start : end + 1]) if page else ()
+            url, title = (page.url, page.title) if page else (None, None)
+            out.append(Citation(m.span(), cursor, start, end, url, title, lines))
+        return out
+
+    def _search(self, args: dict[str, Any]) -> str:
+        query = str(args.get("query", "")).strip()
+        if not query:
+            raise BrowserError('browser.search needs a `query`, like {"query": "..."}')
+        asked = args.get("topn", args.get("top_n"))  # top_n: the reference accepts both spellings
+        topn = min(max(10 if asked is None else _int(asked, "topn"), 1), self.max_results)
+        try:
+            results = list(self.backend.search(query, topn))[:topn]
+            urls, titles = [_field(r, "url") for r in results], [_field(r, "title") for r in results]
+            snippets = [_clean(_field(r, "snippet")) for r in results]
+        except Exception as e:  # noqa: BLE001 - whatever the backend raises, the model reads it
+            raise BrowserError(
+                f"the search for `{query}` failed: {_short(e)}; try again, or rephrase"
+            ) from None
+        # the page is written with anchors directly: titles and URLs need no Markdown round trip
+        items = [
+            f"  * 【{k}†{_clean(t or u).replace('†', '‡')}†{_site(u)}】 {s}".rstrip()
+            for k, (u, t, s) in enumerate(zip(urls, titles, snippets, strict=True))
+        ]
+        body = "# Search Results\n\n" + ("\n".join(items) if items else f"No results for `{query}`.")
+        lines = tuple(w for line in body.split("\n") for w in _wrap(line))
+        return self._show(Page("", query, lines, tuple(Link(u) for u in urls), "search"), -1, -1)
+
+    def _open(self, args: dict[str, Any]) -> str:
+        target = -1 if args.get("id") is None else args["id"]
+        if isinstance(target, str) and re.fullmatch(r"\s*-?\d+\s*", target):
+            target = int(target)  # a quoted link id is still a link id, never a URL
+        loc, num_lines = _int(args.get("loc", -1), "loc"), _int(args.get("num_lines", -1), "num_lines")
+        landing = None
+        if isinstance(target, str):
+            page = self._load(target.strip(), fresh=True)
+        else:
+            current, link_id = self._page_at(_int(args.get("cursor", -1), "cursor")), _int(target, "id")
+            if link_id < 0:  # no link: scroll the page itself
+                page = current
+            elif link_id < len(current.links):
+                link = current.links[link_id]
+                page, landing = self._load(link.url, fresh=False), link.line
+            else:
+                valid = f"0 - {len(current.links) - 1}" if current.links else "this page has none"
+                raise BrowserError(
+                    f"invalid link id `{link_id}` (valid: {valid}); use an id shown as 【id†…】"
+                )
+        if args.get("view_source") and page.kind == "page":
+            page = self._load(page.url, fresh=True, raw=True)
+        if loc < 0 and landing is not None:
+            loc = max(landing - 4, 0)  # a few lines of context above a find match, as the reference does
+        return self._show(page, loc, num_lines)
+
+    def _find(self, args: dict[str, Any]) -> str:
+        pattern = str(args.get("pattern", ""))
+        if not pattern.strip():
+            raise BrowserError('browser.find needs a `pattern`, like {"pattern": "..."}')
+        page = self._page_at(_int(args.get("cursor", -1), "cursor"))
+        if page.kind != "page":
+            raise BrowserError("cannot run `find` on a search or find results page; open a page first")
+        plain, needle, hits, i = [_plain(x) for x in page.lines], pattern.lower(), [], 0
+        while i < len(plain) and len(hits) < 50:
+            if needle in plain[i].lower():
+                hits.append(i)
+                i += 4  # the lines shown with a match are not searched again
+            else:
+                i += 1
+        chunks = [f"# 【{k}†match at L{i}】\n" + "\n".join(plain[i : i + 4]) for k, i in enumerate(hits)]
+        body = "\n\n".join(chunks) or f"No `find` results for pattern: `{pattern}`"
+        title = f"Find results for text: `{pattern}` in `{page.title}`"
+        links = tuple(Link(page.url, i) for i in hits)  # a match opens the page at its line
+        url = f"{page.url}/find?pattern={quote(pattern)}"
+        return self._show(Page(url, title, tuple(body.split("\n")), links, "find"), -1, -1)
+
+    def _page_at(self, cursor: int) -> Page:
+        if not self.pages:
+            raise BrowserError("no page is open yet; call browser.search, or browser.open with a URL as `id`")
+        if cursor == -1:
+            return self.pages[-1]
+        if not 0 <= cursor < len(self.pages):
+            valid = f"0 - {len(self.pages) - 1}"
+            raise BrowserError(
+                f"cursor `{cursor}` does not exist (valid: {valid}); use one shown as [cursor]"
+            )
+        return self.pages[cursor]
+
+    def _load(self, url: str, *, fresh: bool, raw: bool = False) -> Page:
+        # a URL the model types is a refresh; a link followed again shows the page it saw before
+        if not url:
+            raise BrowserError("`id` is an empty URL; give a link id from the page, or a full URL")
+        if fresh or raw or url not in self._cache:
+            try:
+                page = _page(self.backend.fetch(url), raw=raw)
+            except Exception as e:  # noqa: BLE001 - whatever the backend raises, the model reads it
+                raise BrowserError(f"could not open `{url}`: {_short(e)}; check the URL, or search") from None
+            if raw:
+                return page
+            self._cache[url] = page
+        return self._cache[url]
+
+    def _show(self, page: Page, loc: int, num_lines: int) -> str:
+        total, loc = len(page.lines), max(loc, 0)
+        if loc >= total:
+            raise BrowserError(
+                f"invalid `loc` {loc}: the page's last line is L{total - 1}; give a smaller one"
+            )
+        end = min(loc + min(num_lines if num_lines > 0 else self.view_lines, self.max_lines), total)
+        self.pages.append(page)
+        body = "\n".join(f"L{i}: {page.lines[i]}" for i in range(loc, end))
+        where = f" ({_short(unquote(page.url), 1024)})" if page.url else ""
+        scrollbar = f"**viewing lines [{loc} - {end - 1}] of {total - 1}**"
+        return f"[{len(self.pages) - 1}] {page.title}{where}\n{scrollbar}\n\n{body}"
+
+
+def _int(value: Any, name: str) -> int:
+    if value is None:  # the model wrote the argument as null: it means "not given"
+        return -1
+    try:
+        if isinstance(value, bool) or float(value) != int(float(value)):
+            raise ValueError
+        return int(float(value))
+    except (TypeError, ValueError, OverflowError):
+        raise BrowserError(f"`{name}` must be an integer, not {json.dumps(value)}") from None
+
+
+def _short(value: Any, size: int = 300) -> str:
+    text = str(value) or type(value).__name__
+    return text if len(text) <= size else text[: size - 3] + "..."
+
+
+# The backends live beside this module; importing them here keeps `from gptoss_lab.tools.browser import
+# LocalBackend` working.
+from .browser_backends import FunctionBackend, LocalBackend, to_document  # noqa: E402,F401
