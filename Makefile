@@ -50,6 +50,7 @@ $(STAMP): pyproject.toml Makefile
 	@touch $@
 
 test: install
+	$(PY) -m ruff check gptoss_lab tests benchmarks
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lab: install

@@ -81,7 +81,7 @@ def main() -> None:
         p = openai_harmony.StreamableParser(enc, openai_harmony.Role.ASSISTANT)
         for t in ids:
             p.process(t)
-            p.last_content_delta  # what a live display reads per token
+            _ = p.last_content_delta  # what a live display reads per token
 
     print(f"\nparser throughput through the events layer ({len(ids)} tokens, best of 3):")
     for name, fn in [

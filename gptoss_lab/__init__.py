@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Sandbox", "__version__", "encoding", "load", "tool"]
+__all__ = ["Chat", "Sandbox", "__version__", "encoding", "load", "tool"]
 
 if TYPE_CHECKING:
     from .backends.transformers_backend import load
     from .harmony.vocab import encoding
+    from .session import Chat
     from .tools.functions import tool
     from .tools.sandbox import Sandbox
 
@@ -22,6 +23,7 @@ _LAZY = {
     "load": ("gptoss_lab.backends.transformers_backend", "load"),
     "tool": ("gptoss_lab.tools.functions", "tool"),
     "Sandbox": ("gptoss_lab.tools.sandbox", "Sandbox"),
+    "Chat": ("gptoss_lab.session", "Chat"),
 }
 
 
@@ -34,3 +36,18 @@ def __getattr__(name: str) -> Any:
         globals()[name] = value
         return value
     raise AttributeError(f"module 'gptoss_lab' has no attribute {name!r}")
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext gptoss_lab``: registers ``%gptoss`` and ``%%gptoss``."""
+    from .magics import GptossMagics
+
+    magics = GptossMagics(ipython)
+    ipython.register_magics(magics)
+    ipython._gptoss_lab_magics = magics
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    magics = getattr(ipython, "_gptoss_lab_magics", None)
+    if magics is not None:
+        magics.close()

@@ -114,6 +114,71 @@ def cmd_init_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Terminal:
+    """Streams a turn's channels to a terminal: labelled, analysis dimmed (when it is a terminal)."""
+
+    def __init__(self, out: Any):
+        self.out = out
+        tty = hasattr(out, "isatty") and out.isatty()
+        self.dim, self.bold, self.reset = ("\x1b[2m", "\x1b[1m", "\x1b[0m") if tty else ("", "", "")
+
+    def __call__(self, event: Any) -> None:
+        from .harmony.events import ContentDelta, Malformed, MessageDone, MessageStarted
+        from .session import ToolResult
+
+        w = self.out.write
+        if isinstance(event, MessageStarted):
+            label = event.channel or "message"
+            if event.recipient:
+                label += f" -> {event.recipient}"
+            if event.channel == "analysis" and not event.recipient:
+                label += " (raw chain of thought, unfiltered)"
+            w(f"{self.bold}[{label}]{self.reset}\n" + (self.dim if event.channel == "analysis" else ""))
+        elif isinstance(event, ContentDelta):
+            w(event.text)
+        elif isinstance(event, MessageDone):
+            w(f"{self.reset}\n\n")
+        elif isinstance(event, ToolResult):
+            w(f"{self.bold}[{event.call.recipient} returned]{self.reset}\n{event.text}\n\n")
+        elif isinstance(event, Malformed):
+            w(f"{self.bold}[recovered malformed output: {event.error}]{self.reset} {event.raw!r}\n")
+        self.out.flush()
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    import os
+
+    from .backends.resolve import open_model
+    from .errors import GptossLabError
+    from .session import Chat, TurnFinished
+
+    name = args.model or os.environ.get("GPTOSS_LAB_MODEL") or "tiny"
+    tools = [t.strip() for t in args.tools.split(",") if t.strip()] if args.tools else []
+    try:
+        model = open_model(name, tps=args.tps)
+        chat = Chat(model, reasoning=args.reasoning, tools=tools, instructions=args.developer)
+    except (GptossLabError, ValueError, FileNotFoundError) as e:
+        _fail(str(e).splitlines()[0])
+    print(f"gptoss-lab: model {model.report.model}: {model.report.moe_path}, {model.report.device}", file=sys.stderr)
+    show = None if args.json else _Terminal(sys.stdout)
+    result = None
+    try:
+        for event in chat.stream(args.prompt, max_tokens=args.max_tokens, temperature=args.temperature,
+                                 seed=args.seed, inspect=args.inspect):
+            if isinstance(event, TurnFinished):
+                result = event.result
+            elif show is not None:
+                show(event)
+    finally:
+        chat.close()
+    assert result is not None
+    if args.json:
+        _write_json(result.transcript)
+    elif result.final is None:
+        print(f"(no final answer: {result.stop_reason})")
+    return 0
+
+
 def _write_json(doc: dict[str, Any]) -> None:
     out = json.dumps(doc, ensure_ascii=False, indent=2) + "\n"
     sys.stdout.buffer.write(out.encode("utf-8"))
@@ -162,6 +227,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experts", type=int, default=4)
     p.add_argument("--top-k", type=int, default=2, dest="top_k")
     p.set_defaults(func=cmd_init_tiny)
+
+    p = sub.add_parser(
+        "ask",
+        help="one turn with a model from the terminal: channels streamed, tools run for real",
+        description="Send PROMPT to a model and stream its Harmony channels (analysis dimmed), running its "
+        "tool calls; with --json print the transcript as one JSON document instead.",
+    )
+    p.add_argument("prompt")
+    p.add_argument("--model", "-m", default=None, help="tiny, a hub id, a folder, or replay:PATH (default: $GPTOSS_LAB_MODEL or tiny)")
+    p.add_argument("-r", "--reasoning", default="medium", choices=["low", "medium", "high"])
+    p.add_argument("--tools", default="", help="comma-separated: python, browser")
+    p.add_argument("--developer", default=None, help="developer instructions")
+    p.add_argument("--max-tokens", type=int, default=2048)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--tps", type=float, default=None, help="pace a replay (tokens per second)")
+    p.add_argument("--inspect", action="store_true", help="record tokens, logprobs and routing in the transcript")
+    p.add_argument("--json", action="store_true", help="print the transcript as one JSON document")
+    p.set_defaults(func=cmd_ask)
     return ap
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from typing import Literal, Optional, TypedDict
+from typing import Literal, TypedDict
 
 import pydantic
 import pytest
@@ -112,7 +112,7 @@ class Filters(pydantic.BaseModel):
 def test_schema_from_type_hints():
     @tool(name="search_shop")
     def search(query: str, limit: int = 10, exact: bool = False, color: Color = Color.RED,
-               note: Optional[str] = None, address: Optional[Address] = None, filters: Optional[Filters] = None,
+               note: str | None = None, address: Address | None = None, filters: Filters | None = None,
                extra: dict[str, int] | None = None, ratio: float = 0.5):
         """Search the shop."""
 

@@ -16,8 +16,8 @@ from gptoss_lab.harmony import (
     parse_tokens,
     transcript,
 )
-from gptoss_lab.harmony import events as ev
 from gptoss_lab.harmony import conversation as conv
+from gptoss_lab.harmony import events as ev
 
 
 def parse(enc, text, role="assistant", reason="end_of_input"):

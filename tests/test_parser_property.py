@@ -3,10 +3,10 @@ how the stream is chunked, and reads well-formed output exactly as openai-harmon
 
 from __future__ import annotations
 
-import gptoss_lab
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import gptoss_lab
 from gptoss_lab.harmony import HarmonyStreamParser, ParsedMessage, parse_tokens, transcript
 from gptoss_lab.harmony import conversation as conv
 from gptoss_lab.harmony import events as ev

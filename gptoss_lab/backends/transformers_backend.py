@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import ModelDoesNotFitError
 from .base import Cancel, Routing, TokenStep, cancelled
-from .plan import MoePlan, detect_device, fit_message, gb, plan_moe, versions
+from .plan import MoePlan, detect_device, fit_message, gb, plan_moe
 from .presets import preset_for, size_of
 from .source import Source, download, read_config, resolve
 

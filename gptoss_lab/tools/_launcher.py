@@ -9,9 +9,9 @@ import sys
 spec = json.loads(sys.argv[1])
 
 # Import before the limits and the user change: the kernel's modules must load in full.
-from ipykernel.kernelapp import IPKernelApp  # noqa: E402
 import ipykernel.ipkernel  # noqa: E402,F401
 import IPython.core.interactiveshell  # noqa: E402,F401
+from ipykernel.kernelapp import IPKernelApp  # noqa: E402
 
 
 def limit(name, value):

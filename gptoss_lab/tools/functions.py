@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 from .base import as_text, reply
 
 if TYPE_CHECKING:
-    from openai_harmony import Message, ToolDescription
+    from openai_harmony import ToolDescription
 
     from ..harmony.events import ParsedMessage
 

@@ -118,10 +118,16 @@ def _spawner() -> None:
             reply.put(e)
 
 
-threading.Thread(target=_spawner, name="gptoss-lab-sandbox-spawner", daemon=True).start()
+_spawner_started = threading.Lock()
+_spawner_thread: threading.Thread | None = None
 
 
 def _spawn(argv: list[str], **kwargs: Any) -> subprocess.Popen:
+    global _spawner_thread
+    with _spawner_started:
+        if _spawner_thread is None:
+            _spawner_thread = threading.Thread(target=_spawner, name="gptoss-lab-sandbox-spawner", daemon=True)
+            _spawner_thread.start()
     reply: queue.Queue = queue.Queue()
     _spawn_requests.put((argv, kwargs, reply))
     got = reply.get()
@@ -458,6 +464,12 @@ class Sandbox:
 
     def __repr__(self) -> str:
         return f"<Sandbox {self.isolation}, workdir {self.workdir}, timeout {self.timeout:g} s>"
+
+    def interrupt(self) -> None:
+        """Interrupt the code that is running now, if any (as the kernel's interrupt button does)."""
+        client = self._client
+        if client is not None:
+            client.control_channel.send(client.session.msg("interrupt_request", content={}))
 
     # -- running code -------------------------------------------------------------------------------
 

@@ -1,0 +1,169 @@
+// The live Harmony panel. State (finished messages, header) comes in traits; live text comes in
+// custom messages, batched by the kernel (~20 a second at most). A view opened later rebuilds from
+// the traits and asks the kernel for what is in flight.
+
+function esc(s) {
+  return String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+}
+
+// A small Markdown renderer for the final answer: text is escaped first, so nothing the model wrote
+// can inject markup.
+function markdown(src) {
+  const blocks = String(src).split(/\n```/);
+  let html = "";
+  blocks.forEach((block, i) => {
+    if (i % 2 === 1) {
+      const nl = block.indexOf("\n");
+      const code = nl < 0 ? "" : block.slice(nl + 1);
+      html += `<pre class="gl-code"><code>${esc(code.replace(/```\s*$/, ""))}</code></pre>`;
+      return;
+    }
+    const text = i === 0 && block.startsWith("```") ? block.slice(3) : block;
+    for (const para of text.split(/\n{2,}/)) {
+      if (!para.trim()) continue;
+      const lines = para.split("\n");
+      if (lines.every((l) => /^\s*([-*]|\d+\.)\s+/.test(l))) {
+        const tag = /^\s*\d+\./.test(lines[0]) ? "ol" : "ul";
+        html += `<${tag}>` + lines.map((l) => `<li>${inline(l.replace(/^\s*([-*]|\d+\.)\s+/, ""))}</li>`).join("") + `</${tag}>`;
+      } else if (/^#{1,6}\s/.test(para)) {
+        const level = para.match(/^#+/)[0].length;
+        html += `<h${level + 2}>${inline(para.replace(/^#+\s/, ""))}</h${level + 2}>`;
+      } else {
+        html += `<p>${lines.map(inline).join("<br>")}</p>`;
+      }
+    }
+  });
+  return html;
+}
+
+function inline(s) {
+  return esc(s)
+    .replace(/`([^`]+)`/g, "<code>$1</code>")
+    .replace(/\*\*([^*]+)\*\*/g, "<strong>$1</strong>")
+    .replace(/(^|[^*])\*([^*]+)\*/g, "$1<em>$2</em>")
+    .replace(/\[([^\]]+)\]\((https?:[^)\s]+)\)/g, '<a href="$2" target="_blank" rel="noopener noreferrer">$1</a>');
+}
+
+function label(m) {
+  if (m.role === "tool") return `${m.name} returned`;
+  if (m.role === "user") return "user";
+  if (m.recipient) return `${m.channel || "message"} → ${m.recipient}`;
+  if (m.channel === "analysis") return "analysis — raw, unfiltered chain of thought";
+  return m.channel || m.role;
+}
+
+function kind(m) {
+  if (m.role === "tool") return "tool";
+  if (m.role === "user") return "user";
+  if (m.recipient) return "call";
+  return m.channel || "none";
+}
+
+function outputsHtml(outputs) {
+  let html = "";
+  for (const o of outputs || []) {
+    if (o["image/png"]) html += `<img class="gl-img" src="data:image/png;base64,${o["image/png"]}">`;
+    else if (o["text/html"]) html += `<iframe class="gl-html" sandbox="" srcdoc="${esc(o["text/html"])}"></iframe>`;
+  }
+  return html;
+}
+
+function renderBody(el, m) {
+  if (m.channel === "final" && m.role === "assistant" && !m.recipient) el.innerHTML = markdown(m.content);
+  else el.textContent = m.content;
+}
+
+function render({ model, el }) {
+  el.classList.add("gl-panel");
+  const header = document.createElement("div");
+  header.className = "gl-header";
+  const body = document.createElement("div");
+  body.className = "gl-body";
+  el.append(header, body);
+  const live = new Map(); // index -> {box, text, message}
+
+  function drawHeader() {
+    const h = model.get("header") || {};
+    const counts = Object.entries(h.counts || {}).map(([k, v]) => `${k} ${v}`).join(" · ");
+    header.innerHTML =
+      `<span class="gl-model">${esc(h.model || "")}</span>` +
+      `<span class="gl-chip">${esc(h.moe_path || "")}</span>` +
+      (h.effort ? `<span class="gl-chip">effort ${esc(h.effort)}</span>` : "") +
+      (h.tokens_per_s ? `<span class="gl-chip">${Number(h.tokens_per_s).toFixed(1)} tok/s</span>` : "") +
+      (counts ? `<span class="gl-counts">${esc(counts)}</span>` : "") +
+      `<span class="gl-status gl-${esc(h.status || "")}">${esc(h.status || "")}</span>`;
+    if (h.status === "running") {
+      const stop = document.createElement("button");
+      stop.className = "gl-stop";
+      stop.textContent = "Stop";
+      stop.onclick = () => { model.send({ type: "stop" }); stop.disabled = true; stop.textContent = "Stopping…"; };
+      header.append(stop);
+    }
+  }
+
+  function box(m) {
+    const k = kind(m);
+    let wrap;
+    if (k === "analysis") {
+      wrap = document.createElement("details");
+      wrap.innerHTML = `<summary>${esc(label(m))}</summary>`;
+    } else {
+      wrap = document.createElement("div");
+      wrap.innerHTML = `<div class="gl-label">${esc(label(m))}</div>`;
+    }
+    wrap.classList.add("gl-msg", `gl-${k}`);
+    const content = document.createElement(k === "final" ? "div" : "pre");
+    content.className = "gl-content";
+    renderBody(content, m);
+    wrap.append(content);
+    if (m.outputs) wrap.insertAdjacentHTML("beforeend", outputsHtml(m.outputs));
+    if (m.error) wrap.insertAdjacentHTML("beforeend", `<div class="gl-error">${esc(m.error)}</div>`);
+    return { wrap, content };
+  }
+
+  function drawMessages() {
+    body.innerHTML = "";
+    live.clear();
+    for (const m of model.get("messages") || []) body.append(box(m).wrap);
+    for (const e of model.get("errors") || []) {
+      body.insertAdjacentHTML("beforeend", `<div class="gl-msg gl-malformed"><div class="gl-label">recovered malformed output: ${esc(e.reason)}</div><pre class="gl-content">${esc(e.raw)}</pre></div>`);
+    }
+  }
+
+  function apply(ev) {
+    const [type, index, payload] = ev;
+    if (type === "start") {
+      const m = { ...payload, content: "" };
+      const b = box(m);
+      body.append(b.wrap);
+      live.set(index, { ...b, message: m });
+    } else if (type === "delta") {
+      const l = live.get(index);
+      if (!l) return;
+      l.message.content += payload;
+      if (kind(l.message) === "final") renderBody(l.content, l.message);
+      else l.content.append(document.createTextNode(payload));
+    } else if (type === "done") {
+      const l = live.get(index);
+      // The kernel sends the text only once, as deltas; a "done" carries the rest of the message.
+      const b = box({ content: l ? l.message.content : "", ...payload });
+      if (l) l.wrap.replaceWith(b.wrap); else body.append(b.wrap);
+      live.delete(index);
+    } else if (type === "tool" || type === "error") {
+      body.append(box(payload).wrap);
+    }
+  }
+
+  model.on("msg:custom", (msg) => {
+    if (msg.type === "batch") for (const ev of msg.events) apply(ev);
+    else if (msg.type === "state") { drawMessages(); for (const ev of msg.events) apply(ev); }
+  });
+  model.on("change:header", drawHeader);
+  model.on("change:messages", drawMessages);
+  model.on("change:errors", drawMessages);
+  drawHeader();
+  drawMessages();
+  if ((model.get("header") || {}).status === "running") model.send({ type: "sync" });
+}
+
+export default { render };

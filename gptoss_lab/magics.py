@@ -1,0 +1,265 @@
+"""``%gptoss`` and ``%%gptoss``: the model in the notebook.
+
+Line magic::
+
+    %gptoss load MODEL [--device D] [--dtype T] [--tps N]   a hub id, a folder, tiny, or replay:PATH
+    %gptoss status                                          the model's report and the conversation
+    %gptoss reset                                           forget the conversation
+    %gptoss prompt                                          exactly what is sent next, special tokens shown
+    %gptoss tools                                           the tools and how they are declared
+
+Cell magic: the cell is the user's message (``{var}`` is taken from your namespace)::
+
+    %%gptoss [-r low|medium|high] [--tools python,browser,NAME] [--system TEXT] [--developer TEXT]
+             [--new] [-o VAR] [--max-tokens N] [--temperature T] [--seed N] [--show-analysis] [--inspect]
+"""
+
+from __future__ import annotations
+
+import queue
+import shlex
+import threading
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from IPython.display import display
+
+from .display.bundle import MIME, bundle
+from .session import Chat, ToolResult, TurnFinished, make_tools
+
+SUBCOMMANDS = ("load", "status", "reset", "prompt", "tools")
+
+
+def _one_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+@magics_class
+class GptossMagics(Magics):
+    def __init__(self, shell: Any):
+        super().__init__(shell)
+        self.model: Any = None
+        self.chat: Chat | None = None
+        self.tools: dict[str, Any] = {}  # name -> tool, kept across cells (the python tool's state too)
+        self.last: Any = None
+
+    # -- the line magic -----------------------------------------------------------------------------
+
+    @magic_arguments()
+    @argument("-r", "--reasoning", choices=["low", "medium", "high"], default=None, help="reasoning effort")
+    @argument("--tools", default=None, help="comma-separated: python, browser, or names of your functions")
+    @argument("--system", default=None, help="the system message's identity line")
+    @argument("--developer", default=None, help="developer instructions")
+    @argument("--new", action="store_true", help="start a new conversation")
+    @argument("-o", "--output", default=None, metavar="VAR", help="store the result in VAR")
+    @argument("--max-tokens", type=int, default=8192, help="the most tokens one turn may generate")
+    @argument("--temperature", type=float, default=1.0)
+    @argument("--top-p", type=float, default=1.0)
+    @argument("--seed", type=int, default=None)
+    @argument("--show-analysis", action="store_true", help="put the analysis in the text/markdown output too")
+    @argument("--inspect", action="store_true", help="record tokens, logprobs and expert routing")
+    @line_cell_magic
+    def gptoss(self, line: str, cell: str | None = None) -> Any:
+        """Talk to a gpt-oss model loaded in this kernel.
+
+        ``%gptoss load MODEL`` | ``status`` | ``reset`` | ``prompt`` | ``tools`` (see the module help);
+        ``%%gptoss [options]`` sends the cell as the user's message and streams the reply's channels.
+        """
+        if cell is None:
+            return self._line(line)
+        return self._cell(line, cell)
+
+    def _line(self, line: str) -> Any:
+        words = shlex.split(line)
+        if not words or words[0] not in SUBCOMMANDS:
+            raise UsageError(f"%gptoss takes one of: {', '.join(SUBCOMMANDS)} (e.g. %gptoss load tiny); "
+                             "use %%gptoss for a message")
+        return getattr(self, f"_{words[0]}")(words[1:])
+
+    def _load(self, args: list[str]) -> Any:
+        import argparse
+
+        from .backends.resolve import open_model
+        from .errors import GptossLabError
+
+        ap = argparse.ArgumentParser(prog="%gptoss load", add_help=False, exit_on_error=False)
+        ap.add_argument("model")
+        ap.add_argument("--device", default="auto")
+        ap.add_argument("--dtype", default=None)
+        ap.add_argument("--tps", type=float, default=None)
+        try:
+            opts = ap.parse_args(args)
+        except (argparse.ArgumentError, SystemExit) as e:
+            raise UsageError(f"%gptoss load MODEL [--device D] [--dtype T] [--tps N]: {e}") from None
+        load_options = {"device": opts.device, "dtype": opts.dtype} if not opts.model.startswith("replay:") else {}
+        try:
+            model = open_model(opts.model, tps=opts.tps, **load_options)
+        except (GptossLabError, ValueError, FileNotFoundError) as e:
+            raise UsageError(_one_line(e)) from None
+        self.model = model
+        self.chat = None
+        return model.report
+
+    def _require_model(self) -> Any:
+        if self.model is None:
+            raise UsageError("no model is loaded: run %gptoss load tiny (or a hub id, a folder, replay:PATH) first")
+        return self.model
+
+    def _status(self, args: list[str]) -> Any:
+        self._require_model()
+        lines = [str(self.model.report)]
+        if self.chat is not None:
+            lines.append(f"conversation: {len(self.chat.results)} turns, {len(self.chat.history)} messages; "
+                         f"reasoning {self.chat.reasoning}; tools: {', '.join(self.chat.toolbox.names()) or 'none'}")
+            python = self.tools.get("python")
+            if python is not None:
+                lines.append(f"python sandbox: {python.sandbox.isolation}, {', '.join(python.sandbox.limits_enforced)}")
+        print("\n".join(lines))
+
+    def _reset(self, args: list[str]) -> None:
+        if self.chat is not None:
+            self.chat.reset()
+        if hasattr(self.model, "rewind"):
+            self.model.rewind()
+        print("gptoss: conversation reset")
+
+    def _prompt(self, args: list[str]) -> None:
+        from .harmony.vocab import encoding
+
+        chat = self._chat_for(None)
+        ids = chat.prompt_ids()
+        print(f"# {len(ids)} tokens; the next %%gptoss cell is added as a user message before <|start|>assistant\n")
+        print(encoding().decode_utf8(ids))
+
+    def _tools(self, args: list[str]) -> None:
+        from .harmony import conversation as conv
+        from .harmony.vocab import encoding
+
+        chat = self._chat_for(None)
+        if not len(chat.toolbox):
+            print("no tools: use %%gptoss --tools python,browser,NAME")
+            return
+        enc = encoding()
+        for t in chat.toolbox:
+            if hasattr(t, "system_config"):
+                print(f"# {t.namespace} (system message)\n{t.system_config().description}\n")
+        functions = chat.toolbox.function_descriptions()
+        if functions:
+            print("# functions (developer message)\n" + enc.decode_utf8(enc.render(conv.developer_message(functions=functions))))
+
+    # -- the cell magic -----------------------------------------------------------------------------
+
+    def _chat_for(self, opts: Any) -> Chat:
+        self._require_model()
+        tools = None if opts is None or opts.tools is None else [t.strip() for t in opts.tools.split(",") if t.strip()]
+        if self.chat is None or (opts is not None and opts.new):
+            history = [] if self.chat is None or (opts is not None and opts.new) else self.chat.history
+            self.chat = Chat(self.model)
+            self.chat.history = history
+            if hasattr(self.model, "rewind") and opts is not None and opts.new:
+                self.model.rewind()
+        if tools is not None:
+            chosen = []
+            for name in tools:
+                if name not in self.tools:
+                    try:
+                        (self.tools[name],) = make_tools([name], self.shell.user_ns)
+                    except ValueError as e:
+                        raise UsageError(_one_line(e)) from None
+                chosen.append(self.tools[name])
+            from .tools.base import Toolbox
+
+            self.chat.toolbox = Toolbox(chosen)
+        if opts is not None:
+            if opts.reasoning:
+                self.chat.reasoning = opts.reasoning
+            if opts.developer is not None:
+                self.chat.instructions = opts.developer
+            if opts.system is not None:
+                self.chat.identity = opts.system
+        return self.chat
+
+    def _cell(self, line: str, cell: str) -> None:
+        opts = parse_argstring(self.gptoss, line)
+        text = self.shell.var_expand(cell, depth=1).strip() if "{" in cell else cell.strip()
+        if not text:
+            raise UsageError("%%gptoss needs a message in the cell")
+        if opts.output is not None and not opts.output.isidentifier():
+            raise UsageError(f"-o takes a variable name, not {opts.output!r}")
+        chat = self._chat_for(opts)
+        result = self._run(chat, text, opts)
+        self.last = result
+        self.shell.user_ns["_gptoss"] = result
+        if opts.output:
+            self.shell.user_ns[opts.output] = result
+
+    def _run(self, chat: Chat, text: str, opts: Any) -> Any:
+        from .display.panel import HarmonyPanel
+
+        report = self.model.report
+        panel = HarmonyPanel(header={"model": report.model, "moe_path": report.moe_path, "effort": chat.reasoning})
+        handle = display(panel, display_id=True)
+        events: queue.Queue = queue.Queue()
+        options = dict(max_tokens=opts.max_tokens, temperature=opts.temperature, top_p=opts.top_p, seed=opts.seed,
+                       inspect=opts.inspect, cancel=panel.cancel)
+
+        def work() -> None:
+            try:
+                for event in chat.stream(text, **options):
+                    events.put(event)
+            except BaseException as e:  # handed to the cell's thread
+                events.put(e)
+            finally:
+                events.put(None)
+
+        worker = threading.Thread(target=work, name="gptoss-lab-turn", daemon=True)
+        worker.start()
+        result = failure = None
+        stopping = False
+        while True:
+            try:
+                event = events.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            except KeyboardInterrupt:  # the kernel's interrupt: stop within a token, keep what was written
+                panel.cancel.set()
+                self._interrupt_tools(chat)
+                stopping = True
+                continue
+            if event is None:
+                break
+            if isinstance(event, BaseException):
+                failure = event
+                continue
+            if isinstance(event, TurnFinished):
+                result = event.result
+            elif stopping and isinstance(event, ToolResult):
+                pass
+            panel.add(event)
+        panel.finish("stopped" if result is not None and result.stopped else "done" if failure is None else "failed")
+        if failure is not None:
+            raise failure
+        assert result is not None
+        data = bundle(result, show_analysis=opts.show_analysis)
+        data["application/vnd.jupyter.widget-view+json"] = {"version_major": 2, "version_minor": 1, "model_id": panel.model_id}
+        if handle is not None:
+            handle.update(data, raw=True)
+        return result
+
+    @staticmethod
+    def _interrupt_tools(chat: Chat) -> None:
+        for t in chat.toolbox:
+            sandbox = getattr(t, "sandbox", None)
+            if sandbox is not None:
+                sandbox.interrupt()
+
+    def close(self) -> None:
+        for t in self.tools.values():
+            close = getattr(t, "close", None)
+            if close is not None:
+                close()
+
+
+__all__ = ["GptossMagics", "MIME"]
