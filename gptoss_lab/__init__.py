@@ -40,14 +40,21 @@ def __getattr__(name: str) -> Any:
 
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext gptoss_lab``: registers ``%gptoss`` and ``%%gptoss``."""
-    from .magics import GptossMagics
+    from .magics import GptossMagics, async_cells
 
     magics = GptossMagics(ipython)
     ipython.register_magics(magics)
     ipython._gptoss_lab_magics = magics
+    if getattr(ipython, "kernel", None) is not None and async_cells not in ipython.input_transformers_cleanup:
+        # In a kernel a cell runs awaiting its turn, so that the panel's Stop button is heard.
+        ipython.input_transformers_cleanup.append(async_cells)
 
 
 def unload_ipython_extension(ipython: Any) -> None:
+    from .magics import async_cells
+
     magics = getattr(ipython, "_gptoss_lab_magics", None)
     if magics is not None:
         magics.close()
+    if async_cells in ipython.input_transformers_cleanup:
+        ipython.input_transformers_cleanup.remove(async_cells)

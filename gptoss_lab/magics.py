@@ -27,7 +27,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import display
 
 from .display.bundle import MIME, bundle
-from .session import Chat, ToolResult, TurnFinished, make_tools
+from .session import Chat, TurnFinished, make_tools
 
 SUBCOMMANDS = ("load", "status", "reset", "prompt", "tools")
 
@@ -181,79 +181,48 @@ class GptossMagics(Magics):
                 self.chat.identity = opts.system
         return self.chat
 
-    def _cell(self, line: str, cell: str) -> None:
+    def _prepare(self, line: str, cell: str) -> tuple[Any, str, Chat]:
         opts = parse_argstring(self.gptoss, line)
-        text = self.shell.var_expand(cell, depth=1).strip() if "{" in cell else cell.strip()
+        text = self.shell.var_expand(cell, depth=2).strip() if "{" in cell else cell.strip()
         if not text:
             raise UsageError("%%gptoss needs a message in the cell")
         if opts.output is not None and not opts.output.isidentifier():
             raise UsageError(f"-o takes a variable name, not {opts.output!r}")
-        chat = self._chat_for(opts)
-        result = self._run(chat, text, opts)
+        return opts, text, self._chat_for(opts)
+
+    def _cell(self, line: str, cell: str) -> None:
+        """The cell run synchronously: the kernel's interrupt (KeyboardInterrupt) stops it."""
+        opts, text, chat = self._prepare(line, cell)
+        turn = _Turn(self, chat, text, opts)
+        while not turn.over:
+            try:
+                turn.take(timeout=0.1)
+            except KeyboardInterrupt:  # stop within a token, keep what was written
+                turn.stop()
+        self._keep(turn.finish(), opts)
+
+    async def _cell_async(self, line: str, cell: str) -> None:
+        """The cell as a notebook runs it: awaiting, so the kernel handles the panel's Stop button
+        meanwhile; the kernel's interrupt cancels the await and stops the turn the same way."""
+        import asyncio
+
+        opts, text, chat = self._prepare(line, cell)
+        turn = _Turn(self, chat, text, opts)
+        try:
+            while not turn.over:
+                if not turn.take(timeout=0):
+                    await asyncio.sleep(0.02)
+        except asyncio.CancelledError:
+            turn.stop()
+            while not turn.over:
+                turn.take(timeout=0.1)
+        self._keep(turn.finish(), opts)
+
+    def _keep(self, result: Any, opts: Any) -> None:
         self.last = result
         self.shell.user_ns["_gptoss"] = result
         if opts.output:
             self.shell.user_ns[opts.output] = result
-
-    def _run(self, chat: Chat, text: str, opts: Any) -> Any:
-        from .display.panel import HarmonyPanel
-
-        report = self.model.report
-        panel = HarmonyPanel(header={"model": report.model, "moe_path": report.moe_path, "effort": chat.reasoning})
-        handle = display(panel, display_id=True)
-        events: queue.Queue = queue.Queue()
-        options = dict(max_tokens=opts.max_tokens, temperature=opts.temperature, top_p=opts.top_p, seed=opts.seed,
-                       inspect=opts.inspect, cancel=panel.cancel)
-
-        def work() -> None:
-            try:
-                for event in chat.stream(text, **options):
-                    events.put(event)
-            except BaseException as e:  # handed to the cell's thread
-                events.put(e)
-            finally:
-                events.put(None)
-
-        worker = threading.Thread(target=work, name="gptoss-lab-turn", daemon=True)
-        worker.start()
-        result = failure = None
-        stopping = False
-        while True:
-            try:
-                event = events.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            except KeyboardInterrupt:  # the kernel's interrupt: stop within a token, keep what was written
-                panel.cancel.set()
-                self._interrupt_tools(chat)
-                stopping = True
-                continue
-            if event is None:
-                break
-            if isinstance(event, BaseException):
-                failure = event
-                continue
-            if isinstance(event, TurnFinished):
-                result = event.result
-            elif stopping and isinstance(event, ToolResult):
-                pass
-            panel.add(event)
-        panel.finish("stopped" if result is not None and result.stopped else "done" if failure is None else "failed")
-        if failure is not None:
-            raise failure
-        assert result is not None
-        data = bundle(result, show_analysis=opts.show_analysis)
-        data["application/vnd.jupyter.widget-view+json"] = {"version_major": 2, "version_minor": 1, "model_id": panel.model_id}
-        if handle is not None:
-            handle.update(data, raw=True)
-        return result
-
-    @staticmethod
-    def _interrupt_tools(chat: Chat) -> None:
-        for t in chat.toolbox:
-            sandbox = getattr(t, "sandbox", None)
-            if sandbox is not None:
-                sandbox.interrupt()
 
     def close(self) -> None:
         for t in self.tools.values():
@@ -263,3 +232,80 @@ class GptossMagics(Magics):
 
 
 __all__ = ["GptossMagics", "MIME"]
+
+
+class _Turn:
+    """One %%gptoss turn: the model's loop on a worker thread, its events shown from the cell's thread."""
+
+    def __init__(self, magics: GptossMagics, chat: Chat, text: str, opts: Any):
+        from .display.panel import HarmonyPanel
+
+        report = magics.model.report
+        self.chat, self.opts = chat, opts
+        self.panel = HarmonyPanel(header={"model": report.model, "moe_path": report.moe_path, "effort": chat.reasoning})
+        self.handle = display(self.panel, display_id=True)
+        self.events: queue.Queue = queue.Queue()
+        self.result: Any = None
+        self.failure: BaseException | None = None
+        self.over = False
+        options = dict(max_tokens=opts.max_tokens, temperature=opts.temperature, top_p=opts.top_p, seed=opts.seed,
+                       inspect=opts.inspect, cancel=self.panel.cancel)
+
+        def work() -> None:
+            try:
+                for event in chat.stream(text, **options):
+                    self.events.put(event)
+            except BaseException as e:  # handed to the cell's thread
+                self.events.put(e)
+            finally:
+                self.events.put(None)
+
+        self.worker = threading.Thread(target=work, name="gptoss-lab-turn", daemon=True)
+        self.worker.start()
+
+    def take(self, timeout: float) -> bool:
+        """Show the next event, waiting up to ``timeout``; False when there was none."""
+        try:
+            event = self.events.get(timeout=timeout) if timeout else self.events.get_nowait()
+        except queue.Empty:
+            return False
+        if event is None:
+            self.over = True
+        elif isinstance(event, BaseException):
+            self.failure = event
+        else:
+            if isinstance(event, TurnFinished):
+                self.result = event.result
+            self.panel.add(event)
+        return True
+
+    def stop(self) -> None:
+        self.panel.cancel.set()
+        for t in self.chat.toolbox:
+            sandbox = getattr(t, "sandbox", None)
+            if sandbox is not None:
+                sandbox.interrupt()
+
+    def finish(self) -> Any:
+        status = "failed" if self.failure is not None else "stopped" if self.result is not None and self.result.stopped else "done"
+        self.panel.finish(status)
+        if self.failure is not None:
+            raise self.failure
+        assert self.result is not None
+        data = bundle(self.result, show_analysis=self.opts.show_analysis)
+        data["application/vnd.jupyter.widget-view+json"] = {"version_major": 2, "version_minor": 1, "model_id": self.panel.model_id}
+        if self.handle is not None:
+            self.handle.update(data, raw=True)
+        return self.result
+
+
+def async_cells(lines: list[str]) -> list[str]:
+    """An input transformer: a ``%%gptoss`` cell becomes an awaited call, so that while the turn runs
+    the kernel still handles widget messages (the panel's Stop button). ``%%gptoss?`` is left alone."""
+    if not lines:
+        return lines
+    first = lines[0].rstrip("\n")
+    if not first.startswith("%%gptoss") or first[8:9] not in ("", " ", "\t") or first.rstrip().endswith("?"):
+        return lines
+    line, cell = first[8:].strip(), "".join(lines[1:])
+    return [f"await get_ipython()._gptoss_lab_magics._cell_async({line!r}, {cell!r})\n"]

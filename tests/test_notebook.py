@@ -29,6 +29,8 @@ def kernel():
     kc = km.client()
     kc.start_channels()
     kc.wait_for_ready(timeout=60)
+    reply, _ = execute(kc, "%load_ext gptoss_lab")
+    assert reply["content"]["status"] == "ok", reply["content"]
     yield km, kc
     kc.stop_channels()
     km.shutdown_kernel(now=True)
@@ -69,7 +71,7 @@ def test_replay_with_a_real_python_call(kernel, tmp_path):
     km, kc = kernel
     rec = tmp_path / "rec.txt"
     rec.write_text(RECORDING, encoding="utf-8")
-    reply, _ = execute(kc, f"%load_ext gptoss_lab\n%gptoss load replay:{rec}")
+    reply, _ = execute(kc, f"%gptoss load replay:{rec}")
     assert reply["content"]["status"] == "ok", reply["content"]
     reply, msgs = execute(kc, "%%gptoss --tools python -o r\nWhat is 12*34?")
     assert reply["content"]["status"] == "ok", reply["content"]
@@ -149,3 +151,35 @@ def test_kernel_interrupt_stops_and_keeps_the_partial_transcript(kernel, tmp_pat
     assert value(kc, "part.messages[1]['content'].startswith('w0 w1')") == "True"
     assert value(kc, "part.transcript['complete']") == "False"
     assert value(kc, "2 + 2") == "4"  # the kernel stays usable
+
+
+def test_the_panels_stop_button_is_heard_while_the_cell_runs(kernel, tmp_path):
+    km, kc = kernel
+    rec = tmp_path / "stop.txt"
+    long_recording(rec, 2000)
+    execute(kc, f"%gptoss load replay:{rec} --tps 50")
+    msg_id = kc.execute("%%gptoss --new -o halted\nthink slowly")
+    comm_id = stop_sent = None
+    header_status = []
+    t0 = time.monotonic()
+    while True:
+        msg = kc.get_iopub_msg(timeout=30)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        kind, content = msg["msg_type"], msg["content"]
+        if kind == "comm_open" and content["data"]["state"].get("_esm"):
+            comm_id = content["comm_id"]
+        elif kind == "comm_msg" and content["data"].get("method") == "custom" and stop_sent is None:
+            # What the Stop button sends, from the front end, while the cell is still running.
+            stop = kc.session.msg("comm_msg", {"comm_id": comm_id, "data": {"method": "custom", "content": {"type": "stop"}}})
+            kc.shell_channel.send(stop)
+            stop_sent = time.monotonic()
+        elif kind == "comm_msg" and "header" in content["data"].get("state", {}):
+            header_status.append(content["data"]["state"]["header"].get("status"))
+        elif kind == "status" and content["execution_state"] == "idle":
+            break
+        assert time.monotonic() - t0 < 60
+    assert stop_sent is not None and time.monotonic() - stop_sent < 3
+    assert header_status[-1] == "stopped"
+    assert value(kc, "halted.stop_reason") == "'stopped'"
+    assert value(kc, "len(halted.messages[1]['content']) < 2000 * 5")  == "True"  # cut short

@@ -82,23 +82,33 @@ function render({ model, el }) {
   el.append(header, body);
   const live = new Map(); // index -> {box, text, message}
 
+  // The header is built once and updated in place: a Stop button that was re-created on every
+  // update could lose the click that lands while it is replaced.
+  const parts = {};
+  for (const [key, cls] of [["model", "gl-model"], ["moe", "gl-chip"], ["effort", "gl-chip"], ["speed", "gl-chip"],
+                            ["counts", "gl-counts"], ["status", "gl-status"]]) {
+    parts[key] = document.createElement("span");
+    parts[key].className = cls;
+    header.append(parts[key]);
+  }
+  const stop = document.createElement("button");
+  stop.className = "gl-stop";
+  stop.textContent = "Stop";
+  stop.onclick = () => { model.send({ type: "stop" }); stop.disabled = true; stop.textContent = "Stopping…"; };
+  header.append(stop);
+
   function drawHeader() {
     const h = model.get("header") || {};
     const counts = Object.entries(h.counts || {}).map(([k, v]) => `${k} ${v}`).join(" · ");
-    header.innerHTML =
-      `<span class="gl-model">${esc(h.model || "")}</span>` +
-      `<span class="gl-chip">${esc(h.moe_path || "")}</span>` +
-      (h.effort ? `<span class="gl-chip">effort ${esc(h.effort)}</span>` : "") +
-      (h.tokens_per_s ? `<span class="gl-chip">${Number(h.tokens_per_s).toFixed(1)} tok/s</span>` : "") +
-      (counts ? `<span class="gl-counts">${esc(counts)}</span>` : "") +
-      `<span class="gl-status gl-${esc(h.status || "")}">${esc(h.status || "")}</span>`;
-    if (h.status === "running") {
-      const stop = document.createElement("button");
-      stop.className = "gl-stop";
-      stop.textContent = "Stop";
-      stop.onclick = () => { model.send({ type: "stop" }); stop.disabled = true; stop.textContent = "Stopping…"; };
-      header.append(stop);
-    }
+    parts.model.textContent = h.model || "";
+    parts.moe.textContent = h.moe_path || "";
+    parts.effort.textContent = h.effort ? `effort ${h.effort}` : "";
+    parts.speed.textContent = h.tokens_per_s ? `${Number(h.tokens_per_s).toFixed(1)} tok/s` : "";
+    parts.counts.textContent = counts;
+    parts.status.textContent = h.status || "";
+    parts.status.className = `gl-status gl-${h.status || ""}`;
+    for (const key of ["effort", "speed"]) parts[key].style.display = parts[key].textContent ? "" : "none";
+    stop.style.display = h.status === "running" || h.status === "stopping" ? "" : "none";
   }
 
   function box(m) {
