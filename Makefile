@@ -53,13 +53,11 @@ test: install
 	$(PY) -m ruff check gptoss_lab tests benchmarks
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+LAB_ARGS ?=
+
 lab: install
-	@if [ -f notebooks/quickstart.ipynb ]; then \
-		$(VENV)/bin/jupyter lab --LabApp.news_url=None notebooks/quickstart.ipynb; \
-	else \
-		echo "note: the quickstart notebook arrives with the notebook issue; opening JupyterLab on the repository"; \
-		$(VENV)/bin/jupyter lab --LabApp.news_url=None; \
-	fi
+	@root=""; [ "$$(id -u)" = "0" ] && root="--allow-root"; \
+	cd notebooks && ../$(VENV)/bin/jupyter lab $$root --LabApp.news_url=None $(LAB_ARGS) quickstart.ipynb
 
 bench: install
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; echo; done

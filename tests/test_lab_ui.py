@@ -27,8 +27,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
+@pytest.fixture(scope="module", params=["jupyterlab", "notebook"])
+def lab(request, tmp_path_factory):
+    """JupyterLab, then Notebook 7: the panel needs no lab extension in either."""
     if not Path(CHROMIUM).exists():
         if os.environ.get("CI"):
             pytest.fail("chromium is missing: `make test` installs it as root (apt-get install chromium)")
@@ -37,7 +38,7 @@ def lab(tmp_path_factory):
     port, token = free_port(), "gptoss-lab-test"
     env = dict(os.environ, JUPYTER_CONFIG_DIR=str(root / ".jupyter"), JUPYTER_RUNTIME_DIR=str(root / ".runtime"))
     server = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", f"--ServerApp.port={port}", "--ServerApp.ip=127.0.0.1",
+        [sys.executable, "-m", request.param, "--no-browser", "--allow-root", f"--ServerApp.port={port}", "--ServerApp.ip=127.0.0.1",
          f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", "--LabApp.news_url=None",
          "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -58,7 +59,7 @@ def lab(tmp_path_factory):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield root, url, token, browser
+        yield root, url, token, browser, request.param
         browser.close()
     server.terminate()
     server.wait(timeout=20)
@@ -72,12 +73,17 @@ def notebook(root: Path, name: str, cells: list[str]) -> str:
     return name
 
 
-def open_and_run(browser, url, token, name, cells: int):
+def open_and_run(browser, url, token, app, name, cells: int):
     page = browser.new_page(viewport={"width": 1200, "height": 1000})
-    # A workspace of its own, so that notebooks opened by other tests are not restored over this one.
-    page.goto(f"{url}/lab/workspaces/{Path(name).stem}/tree/{name}?token={token}")
-    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
-    page.wait_for_selector("text=| Idle", timeout=60_000)
+    if app == "jupyterlab":
+        # A workspace of its own, so that notebooks opened by other tests are not restored over this one.
+        page.goto(f"{url}/lab/workspaces/{Path(name).stem}/tree/{name}?token={token}")
+        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+        page.wait_for_selector("text=| Idle", timeout=60_000)
+    else:
+        page.goto(f"{url}/notebooks/{name}?token={token}")
+        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+        time.sleep(3)  # cells run once the kernel is up: executions wait for it
     page.click(".jp-Notebook .jp-Cell .jp-InputArea-editor")
     for _ in range(cells):
         page.keyboard.press("Shift+Enter")
@@ -86,7 +92,7 @@ def open_and_run(browser, url, token, name, cells: int):
 
 
 def test_panel_appears_streams_and_shows_the_channels(lab):
-    root, url, token, browser = lab
+    root, url, token, browser, app = lab
     (root / "rec.txt").write_text(
         "<|channel|>analysis<|message|>" + " ".join(["We need to compute 12*34 carefully."] * 8) + "<|end|>"
         "<|start|>assistant<|channel|>analysis to=python code<|message|>print(12*34)<|call|>"
@@ -95,10 +101,10 @@ def test_panel_appears_streams_and_shows_the_channels(lab):
     )
     name = notebook(root, "stream.ipynb", ["%load_ext gptoss_lab", "%gptoss load replay:rec.txt --tps 40",
                                            "%%gptoss --tools python -o r\nWhat is 12*34?"])
-    page = open_and_run(browser, url, token, name, 3)
+    page = open_and_run(browser, url, token, app, name, 3)
     page.wait_for_selector(".gl-panel .gl-status.gl-running", timeout=60_000)
     page.wait_for_selector(".gl-panel .gl-analysis", timeout=30_000)
-    page.screenshot(path=str(ARTIFACTS / "panel-streaming.png"))
+    page.screenshot(path=str(ARTIFACTS / f"{app}-panel-streaming.png"))
     page.wait_for_selector(".gl-panel .gl-final", timeout=60_000)
     page.wait_for_selector(".gl-panel .gl-status:has-text('done')", timeout=60_000)
     analysis = page.locator(".gl-panel details.gl-analysis").first
@@ -107,25 +113,24 @@ def test_panel_appears_streams_and_shows_the_channels(lab):
     assert "408" in page.locator(".gl-panel .gl-tool .gl-content").first.inner_text()  # the sandbox's real output
     assert page.locator(".gl-panel .gl-final strong").inner_text() == "408"  # Markdown rendered
     assert "→ python" in page.locator(".gl-panel .gl-call .gl-label").first.text_content()
-    page.screenshot(path=str(ARTIFACTS / "panel-done.png"))
+    page.screenshot(path=str(ARTIFACTS / f"{app}-panel-done.png"))
     page.close()
 
 
 def test_stop_button_stops_the_turn(lab):
-    root, url, token, browser = lab
+    root, url, token, browser, app = lab
     words = " ".join(f"step{i}" for i in range(3000))
     (root / "slow.txt").write_text(f"<|channel|>analysis<|message|>{words}<|end|><|start|>assistant<|channel|>final<|message|>done<|return|>",
                                    encoding="utf-8")
     name = notebook(root, "stop.ipynb", ["%load_ext gptoss_lab", "%gptoss load replay:slow.txt --tps 30",
                                          "%%gptoss -o r\nThink for a long time.", "r.stop_reason"])
-    page = open_and_run(browser, url, token, name, 3)
+    page = open_and_run(browser, url, token, app, name, 3)
     page.wait_for_selector(".gl-panel .gl-status.gl-running", timeout=60_000)
     page.wait_for_selector(".gl-panel .gl-analysis", timeout=30_000)
-    page.screenshot(path=str(ARTIFACTS / "panel-before-stop.png"))
     page.click(".gl-panel .gl-stop")
     page.wait_for_selector(".gl-panel .gl-status:has-text('stopped')", timeout=10_000)
     page.locator(".jp-Notebook .jp-Cell").nth(3).locator(".jp-InputArea-editor").click()
     page.keyboard.press("Shift+Enter")  # r.stop_reason: the kernel is free again, the result kept
     page.wait_for_selector(".jp-OutputArea-output:has-text(\"'stopped'\")", timeout=30_000)
-    page.screenshot(path=str(ARTIFACTS / "panel-stopped.png"))
+    page.screenshot(path=str(ARTIFACTS / f"{app}-panel-stopped.png"))
     page.close()
