@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("prompt")
     p.add_argument("--model", "-m", default=None, help="tiny, a hub id, a folder, or replay:PATH (default: $GPTOSS_LAB_MODEL or tiny)")
     p.add_argument("-r", "--reasoning", default="medium", choices=["low", "medium", "high"])
-    p.add_argument("--tools", default="", help="comma-separated: python, browser")
+    p.add_argument("--tools", default="", help="comma-separated; the terminal offers python")
     p.add_argument("--developer", default=None, help="developer instructions")
     p.add_argument("--max-tokens", type=int, default=2048)
     p.add_argument("--temperature", type=float, default=1.0)

@@ -7,6 +7,7 @@ Line magic::
     %gptoss reset                                           forget the conversation
     %gptoss prompt                                          exactly what is sent next, special tokens shown
     %gptoss tools                                           the tools and how they are declared
+    %gptoss compare "PROMPT" [--efforts low,medium,high] [--seed N]   the prompt at each effort, side by side
 
 Cell magic: the cell is the user's message (``{var}`` is taken from your namespace)::
 
@@ -29,7 +30,14 @@ from IPython.display import display
 from .display.bundle import MIME, bundle
 from .session import Chat, TurnFinished, make_tools
 
-SUBCOMMANDS = ("load", "status", "reset", "prompt", "tools")
+SUBCOMMANDS = ("load", "status", "reset", "prompt", "tools", "compare")
+
+
+def _fill(text: str, namespace: dict[str, Any]) -> str:
+    """``{name}`` becomes the value of ``name`` in the user's namespace; anything else stays as written."""
+    import re
+
+    return re.sub(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", lambda m: str(namespace[m[1]]) if m[1] in namespace else m[0], text)
 
 
 def _one_line(e: BaseException) -> str:
@@ -44,6 +52,7 @@ class GptossMagics(Magics):
         self.chat: Chat | None = None
         self.tools: dict[str, Any] = {}  # name -> tool, kept across cells (the python tool's state too)
         self.last: Any = None
+        self._turn: _Turn | None = None
 
     # -- the line magic -----------------------------------------------------------------------------
 
@@ -101,6 +110,48 @@ class GptossMagics(Magics):
         self.model = model
         self.chat = None
         return model.report
+
+    def _compare(self, args: list[str]) -> Any:
+        import argparse
+
+        from .display.compare import Comparison
+
+        ap = argparse.ArgumentParser(prog="%gptoss compare", add_help=False, exit_on_error=False)
+        ap.add_argument("prompt")
+        ap.add_argument("--efforts", default="low,medium,high")
+        ap.add_argument("--seed", type=int, default=0)
+        ap.add_argument("--max-tokens", type=int, default=2048)
+        ap.add_argument("--tools", default=None)
+        try:
+            opts = ap.parse_args(args)
+        except (argparse.ArgumentError, SystemExit) as e:
+            raise UsageError(f'%gptoss compare "PROMPT" [--efforts low,medium,high] [--seed N]: {e}') from None
+        efforts = [e.strip() for e in opts.efforts.split(",") if e.strip()]
+        bad = [e for e in efforts if e not in ("low", "medium", "high")]
+        if bad or not efforts:
+            raise UsageError(f"--efforts takes low, medium and/or high, not {', '.join(bad) or 'nothing'}")
+        model = self._require_model()
+        tools = [] if opts.tools is None else [self._tool(t.strip()) for t in opts.tools.split(",") if t.strip()]
+        results = {}
+        for effort in efforts:
+            if hasattr(model, "rewind"):
+                model.rewind()
+            chat = Chat(model, reasoning=effort, tools=tools)
+            results[effort] = chat.send(opts.prompt, seed=opts.seed, max_tokens=opts.max_tokens, inspect=True)
+        comparison = Comparison(opts.prompt, results, opts.seed)
+        self.shell.user_ns["_gptoss_compare"] = comparison
+        return comparison
+
+    def _tool(self, name: str) -> Any:
+        if name == "python" and name in self.tools:
+            return self.tools[name]  # kept across cells: the sandbox's state is the point
+        try:
+            (found,) = make_tools([name], self.shell.user_ns)  # functions: as defined now
+        except ValueError as e:
+            raise UsageError(_one_line(e)) from None
+        if name == "python":
+            self.tools[name] = found
+        return found
 
     def _require_model(self) -> Any:
         if self.model is None:
@@ -161,14 +212,7 @@ class GptossMagics(Magics):
             if hasattr(self.model, "rewind") and opts is not None and opts.new:
                 self.model.rewind()
         if tools is not None:
-            chosen = []
-            for name in tools:
-                if name not in self.tools:
-                    try:
-                        (self.tools[name],) = make_tools([name], self.shell.user_ns)
-                    except ValueError as e:
-                        raise UsageError(_one_line(e)) from None
-                chosen.append(self.tools[name])
+            chosen = [self._tool(name) for name in tools]
             from .tools.base import Toolbox
 
             self.chat.toolbox = Toolbox(chosen)
@@ -183,7 +227,7 @@ class GptossMagics(Magics):
 
     def _prepare(self, line: str, cell: str) -> tuple[Any, str, Chat]:
         opts = parse_argstring(self.gptoss, line)
-        text = self.shell.var_expand(cell, depth=2).strip() if "{" in cell else cell.strip()
+        text = _fill(cell, self.shell.user_ns).strip()
         if not text:
             raise UsageError("%%gptoss needs a message in the cell")
         if opts.output is not None and not opts.output.isidentifier():
@@ -193,13 +237,18 @@ class GptossMagics(Magics):
     def _cell(self, line: str, cell: str) -> None:
         """The cell run synchronously: the kernel's interrupt (KeyboardInterrupt) stops it."""
         opts, text, chat = self._prepare(line, cell)
-        turn = _Turn(self, chat, text, opts)
-        while not turn.over:
-            try:
-                turn.take(timeout=0.1)
-            except KeyboardInterrupt:  # stop within a token, keep what was written
-                turn.stop()
-        self._keep(turn.finish(), opts)
+        turn = self._new_turn(chat, text, opts)
+        try:
+            while not turn.over:
+                try:
+                    if not turn.take(timeout=0.1):
+                        turn.panel.flush()
+                except KeyboardInterrupt:  # stop within a token, keep what was written
+                    turn.stop()
+        finally:
+            result = turn.finish()
+        self._keep(result, opts)
+        self._show_inspection(opts)
 
     async def _cell_async(self, line: str, cell: str) -> None:
         """The cell as a notebook runs it: awaiting, so the kernel handles the panel's Stop button
@@ -207,18 +256,35 @@ class GptossMagics(Magics):
         import asyncio
 
         opts, text, chat = self._prepare(line, cell)
-        turn = _Turn(self, chat, text, opts)
+        turn = self._new_turn(chat, text, opts)
         try:
             while not turn.over:
-                if not turn.take(timeout=0):
-                    await asyncio.sleep(0.02)
-        except asyncio.CancelledError:
-            turn.stop()
-            while not turn.over:
-                turn.take(timeout=0.1)
-        self._keep(turn.finish(), opts)
+                try:
+                    if not turn.take(timeout=0):
+                        turn.panel.flush()  # live text does not wait for the next event
+                        await asyncio.sleep(0.02)
+                except asyncio.CancelledError:  # the kernel's interrupt: stop, then keep draining
+                    turn.stop()
+        finally:
+            result = turn.finish()
+        self._keep(result, opts)
+        self._show_inspection(opts)
+
+    def _show_inspection(self, opts: Any) -> None:
+        if opts.inspect and self.last is not None and self.last.tokens:
+            from .display.inspect import InspectView
+
+            display(InspectView(self.last))
+
+    def _new_turn(self, chat: Chat, text: str, opts: Any) -> _Turn:
+        if self._turn is not None and self._turn.worker.is_alive():
+            raise UsageError("the previous %%gptoss turn is still stopping: run this cell again in a moment")
+        self._turn = _Turn(self, chat, text, opts)
+        return self._turn
 
     def _keep(self, result: Any, opts: Any) -> None:
+        if result is None:
+            return
         self.last = result
         self.shell.user_ns["_gptoss"] = result
         if opts.output:
@@ -287,11 +353,14 @@ class _Turn:
                 sandbox.interrupt()
 
     def finish(self) -> Any:
-        status = "failed" if self.failure is not None else "stopped" if self.result is not None and self.result.stopped else "done"
+        if not self.over:  # left early (a second interrupt): the worker stops within a token
+            self.stop()
+        status = "failed" if self.failure is not None else "stopped" if self.result is None or self.result.stopped else "done"
         self.panel.finish(status)
         if self.failure is not None:
             raise self.failure
-        assert self.result is not None
+        if self.result is None:
+            return None
         data = bundle(self.result, show_analysis=self.opts.show_analysis)
         data["application/vnd.jupyter.widget-view+json"] = {"version_major": 2, "version_minor": 1, "model_id": self.panel.model_id}
         if self.handle is not None:

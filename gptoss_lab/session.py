@@ -64,6 +64,50 @@ class TurnResult:
     def complete(self) -> bool:
         return bool(self.transcript.get("complete"))
 
+    def token_table(self) -> list[dict[str, Any]]:
+        """One flat row per generated token (``pandas.DataFrame(result.token_table())`` works):
+        index, id, text, channel, state, logprob, the best alternative, and per layer the top expert."""
+        if self.tokens is None:
+            raise ValueError("no token data: run the turn with inspect=True (%%gptoss --inspect)")
+        rows = []
+        for i, t in enumerate(self.tokens):
+            row = {"index": i, "id": t["id"], "text": t["text"], "channel": t["channel"], "state": t["state"],
+                   "special": t["special"], "round": t["round"], "logprob": t["logprob"]}
+            alts = [a for a in t["alternatives"] if a[0] != t["id"]]
+            row["best_alternative"] = alts[0][0] if alts else None
+            row["best_alternative_logprob"] = alts[0][1] if alts else None
+            for layer, (ids, weights) in enumerate(t["routing"] or []):
+                row[f"layer{layer}_expert"] = ids[0]
+                row[f"layer{layer}_weight"] = weights[0]
+            for layer, heads in enumerate(t.get("sinks") or []):
+                row[f"layer{layer}_sink"] = sum(heads) / len(heads)
+            rows.append(row)
+        return rows
+
+    def inspect_view(self) -> Any:
+        """The tokens and expert routing of this turn as an interactive view (needs ``inspect=True``)."""
+        from .display.inspect import InspectView
+
+        return InspectView(self)
+
+    def expert_load(self, channel: str | None = None) -> list[list[int]]:
+        """How often each expert was chosen, per layer (``[layer][expert]``), over the turn or one channel."""
+        if self.tokens is None:
+            raise ValueError("no token data: run the turn with inspect=True (%%gptoss --inspect)")
+        load: list[list[int]] = []
+        for t in self.tokens:
+            if t["routing"] is None or (channel is not None and t["channel"] != channel):
+                continue
+            for layer, (ids, _) in enumerate(t["routing"]):
+                while len(load) <= layer:
+                    load.append([])
+                for e in ids:
+                    row = load[layer]
+                    row.extend([0] * (e + 1 - len(row)))
+                    row[e] += 1
+        width = max([self.transcript.get("num_experts") or 0] + [len(r) for r in load])
+        return [r + [0] * (width - len(r)) for r in load]
+
     def analysis(self) -> str:
         return "\n\n".join(m["content"] for m in self.messages if m["channel"] == "analysis" and m["role"] == "assistant")
 
@@ -242,15 +286,27 @@ class Chat:
         cancel: threading.Event | Callable[[], bool] | None = None,
     ) -> Iterator[SessionEvent]:
         """Run one turn, yielding events as they happen; the last one is :class:`TurnFinished`."""
-        from .backends.base import cancelled
         from .harmony import conversation as conv
-        from .harmony.parser import HarmonyStreamParser
         from .harmony.vocab import encoding
 
         enc = encoding()
         t0 = time.monotonic()
         user = conv.user_message(text)
         first_prompt = self.prompt_ids([user], reasoning)
+        kept = len(self.history)
+        try:
+            yield from self._turn(enc, text, user, first_prompt, reasoning, max_tokens, temperature, top_p, seed,
+                                  inspect, logprobs, cancel, t0)
+        except BaseException:
+            del self.history[kept:]  # a turn that failed leaves the conversation as it was
+            raise
+
+    def _turn(self, enc: Any, text: str, user: Message, first_prompt: list[int], reasoning: str | None,
+              max_tokens: int, temperature: float, top_p: float, seed: int | None, inspect: bool, logprobs: int,
+              cancel: Any, t0: float) -> Iterator[SessionEvent]:
+        from .backends.base import cancelled
+        from .harmony.parser import HarmonyStreamParser
+
         self.history.append(user)
         transcript_messages: list[dict[str, Any]] = [{"role": "user", "name": None, "channel": None,
                                                        "recipient": None, "content_type": None, "content": text}]
@@ -264,27 +320,37 @@ class Chat:
         final: str | None = None
         rounds = 0
         while True:
+            if rounds and used >= max_tokens:
+                stop_reason = "max_tokens"  # the budget is for the whole turn, tool rounds included
+                break
             prompt = first_prompt if rounds == 0 else self.prompt_ids(reasoning=reasoning)
             parser = HarmonyStreamParser(enc, role="assistant")
             calls: list[tuple[int, ParsedMessage]] = []
             generated: list[int] = []
             last = None
             for step in self.model.stream(
-                prompt, max_tokens=max(1, max_tokens - used), temperature=temperature, top_p=top_p,
+                prompt, max_tokens=max_tokens - used, temperature=temperature, top_p=top_p,
                 seed=None if seed is None else seed + rounds, logprobs=logprobs if inspect else 0,
-                routing=inspect, cancel=cancel,
+                routing=inspect, sinks=inspect, cancel=cancel,
             ):
                 last = step.token
                 generated.append(step.token)
                 events = parser.feed((step.token,))
-                if inspect:
-                    tokens.append({
-                        "id": step.token, "text": enc.decode([step.token]), "channel": parser.current_channel,
-                        "in_message": parser.in_message, "round": rounds, "logprob": step.logprob,
-                        "alternatives": [list(a) for a in step.alternatives],
-                        "routing": [[list(ids), list(w)] for ids, w in step.routing] if step.routing else None,
-                    })
                 yield from self._note(events, transcript_messages, errors, calls, incomplete)
+                if inspect:
+                    state = parser.state
+                    # the transcript message this token belongs to (the one it closed, for end tokens)
+                    owner = len(transcript_messages) - (0 if state in ("header", "content") else 1)
+                    channel = parser.current_channel
+                    if state not in ("header", "content") and 0 <= owner < len(transcript_messages):
+                        channel = transcript_messages[owner]["channel"]
+                    tokens.append({
+                        "id": step.token, "text": enc.decode([step.token]), "channel": channel,
+                        "state": state, "special": step.token >= 199998, "round": rounds, "message": owner,
+                        "logprob": step.logprob, "alternatives": [list(a) for a in step.alternatives],
+                        "routing": [[list(ids), list(w)] for ids, w in step.routing] if step.routing else None,
+                        "sinks": [list(h) for h in step.sinks] if step.sinks else None,
+                    })
             used += len(generated)
             if last in STOP_TOKENS:
                 reason = "return" if last == 200002 else "call"
@@ -344,6 +410,13 @@ class Chat:
             transcript["incomplete_messages"] = incomplete
         if inspect:
             transcript["tokens"] = tokens
+            config = getattr(getattr(self.model, "model", None), "config", None)
+            transcript["num_experts"] = getattr(config, "num_local_experts", None)
+            if not hasattr(self.model, "model"):
+                transcript["inspect_notes"] = ["a replay is not a model: no logprobs, routing or attention sinks"]
+            elif not getattr(self.model, "exposes_sinks", False):
+                impl = self.model.report.attn_implementation
+                transcript["inspect_notes"] = [f"attention sinks are not recorded: {impl} attention does not expose its weights"]
         result = TurnResult(
             final=final, messages=transcript_messages, transcript=transcript, prompt_ids=first_prompt,
             stop_reason=stop_reason, tokens=tokens, tool_results=tool_results,

@@ -47,3 +47,11 @@ def offline() -> tuple[str, ...]:
     if os.environ.get("CI"):
         pytest.fail("unshare -rn is needed to run programs with no network (util-linux, user namespaces)")
     pytest.skip("unshare -rn is not available here: cannot cut the network for this test")
+
+
+def ipython_shell():
+    """The test process's one IPython InteractiveShell (IPython starts it once per process)."""
+    from IPython import get_ipython
+    from IPython.testing.globalipapp import start_ipython
+
+    return start_ipython() or get_ipython()

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 from IPython.core.error import UsageError
-from IPython.testing.globalipapp import start_ipython
 from IPython.utils.capture import capture_output
 
 from gptoss_lab.display.bundle import MIME
+
+from .conftest import ipython_shell
 
 RECORDING = (
     "<|channel|>analysis<|message|>Compute it.<|end|>"
@@ -23,7 +24,7 @@ RECORDING = (
 
 @pytest.fixture(scope="module")
 def ip(tmp_path_factory):
-    shell = start_ipython()
+    shell = ipython_shell()
     shell.run_line_magic("load_ext", "gptoss_lab")
     rec = tmp_path_factory.mktemp("rec") / "rec.txt"
     rec.write_text(RECORDING, encoding="utf-8")
@@ -64,6 +65,13 @@ def test_turn_result_and_bundle(ip):
     assert final["text/markdown"] == "6 × 7 = **42**" and "application/vnd.jupyter.widget-view+json" in final
     assert final[MIME]["messages"] == res.messages
     assert "Reasoning: high" in __import__("gptoss_lab").encoding().decode_utf8(res.prompt_ids)
+
+
+def test_only_braced_names_are_filled_in(ip):
+    ip.run_line_magic("gptoss", f"load replay:{ip.user_ns['REC']}")
+    ip.user_ns["price"], ip.user_ns["x"] = 5, 3
+    cell(ip, "--new -o costs", "It costs $price; x is {x}; {missing} and {1+1} stay")
+    assert ip.user_ns["costs"].messages[0]["content"] == "It costs $price; x is 3; {missing} and {1+1} stay"
 
 
 def test_show_analysis_puts_it_in_the_markdown(ip):

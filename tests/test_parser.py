@@ -203,6 +203,12 @@ def test_cut_inside_a_header(enc):
     assert doc["complete"] is False
 
 
+def test_a_trailing_start_is_kept(enc):
+    doc = parse(enc, "<|channel|>final<|message|>a<|end|><|start|>", reason="max_tokens")
+    assert [m["content"] for m in doc["messages"]] == ["a"]
+    assert doc["errors"][0]["raw"] == "<|start|>" and doc["complete"] is False
+
+
 def test_utf8_split_across_tokens(enc):
     text = "日本語の答え 🎉👍🏽 é"
     # Feed the text one byte per token, so that every multi-byte character is split across tokens.

@@ -305,3 +305,30 @@ def test_python_tool_declaration_tells_the_truth(sb):
     assert "time out after 5.0 seconds" in text
     assert "'/mnt/data'" in text and "Internet access for this session is disabled." in text
     assert tool.system_config().name == "python"
+
+
+@pytest.mark.parametrize("isolation", ["auto", "process"])
+def test_the_models_files_cannot_run_before_the_limits(isolation):
+    # A module the model leaves in its working directory must not be imported by the next kernel's
+    # launcher (which runs before the limits are set and the user is dropped).
+    with Sandbox(isolation=isolation, memory_mb=512) as s:
+        s.run("open('json.py', 'w').write('import resource\\nresource.setrlimit = lambda *a: None\\n"
+              "open(\"/tmp/gptoss-shadowed\", \"w\").write(\"x\")\\n')")
+        r = s.run("import os\nos._exit(1)")
+        assert r.restarted
+        r = s.run("import resource\nprint(resource.getrlimit(resource.RLIMIT_AS)[0] == (512 + 1024) * 2**20)")
+        assert r.text.strip() == "True"
+        assert not Path("/tmp/gptoss-shadowed").exists()
+
+
+def test_rich_outputs_are_bounded(sb):
+    r = sb.run("from IPython.display import HTML, display\nfor i in range(80):\n    display(HTML('x' * 1000))")
+    assert len(r.outputs) == 50 and "rich outputs not kept" in r.text
+
+
+def test_an_interrupt_from_another_thread_stops_the_run(sb):
+    threading.Timer(1.0, sb.interrupt).start()
+    t0 = time.monotonic()
+    r = sb.run("import time\nwhile True:\n    time.sleep(0.01)", timeout=30)
+    assert time.monotonic() - t0 < 5 and r.error == "interrupted" and not r.timed_out
+    assert "interrupted" in r.text and sb.run("1").text == "1\n"

@@ -24,12 +24,15 @@ class TokenStep:
     when logprobs were asked for; they come from the model's own distribution (log-softmax of the
     logits, before temperature). ``routing`` is set when routing was asked for: the experts that
     processed this token as input, so a turn's last token (the stop token, never fed) has none.
+    ``sinks`` is set when asked for and the attention exposes its weights (eager attention): per layer,
+    per head, the share of this token's attention that the learned sink absorbed.
     """
 
     token: int
     logprob: float | None = None
     alternatives: tuple[tuple[int, float], ...] = ()
     routing: Routing | None = None
+    sinks: tuple[tuple[float, ...], ...] | None = None
 
 
 @runtime_checkable
@@ -44,6 +47,7 @@ class Backend(Protocol):
         seed: int | None = None,
         logprobs: int = 0,
         routing: bool = False,
+        sinks: bool = False,
         cancel: Cancel = None,
     ) -> Iterator[TokenStep]: ...
 

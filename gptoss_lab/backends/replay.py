@@ -95,6 +95,7 @@ class ReplayBackend:
         seed: int | None = None,
         logprobs: int = 0,
         routing: bool = False,
+        sinks: bool = False,
         cancel: Cancel = None,
     ) -> Iterator[TokenStep]:
         """Yield the recording's next stretch of output (the prompt is not looked at)."""

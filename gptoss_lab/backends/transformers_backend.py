@@ -250,13 +250,17 @@ class TransformersBackend:
     def _forward(self, ids: Sequence[int]) -> Any:
         import torch
 
-        with torch.inference_mode():
-            out = self.model(
-                input_ids=torch.tensor([list(ids)], device=self.model.device),
-                past_key_values=self._cache,
-                use_cache=True,
-                logits_to_keep=1,  # never materialise (T, 201088) logits for a long prompt
-            )
+        try:
+            with torch.inference_mode():
+                out = self.model(
+                    input_ids=torch.tensor([list(ids)], device=self.model.device),
+                    past_key_values=self._cache,
+                    use_cache=True,
+                    logits_to_keep=1,  # never materialise (T, 201088) logits for a long prompt
+                )
+        except BaseException:
+            self.reset_cache()  # a half-updated cache would silently give wrong output next time
+            raise
         self._cache_ids.extend(ids)
         return out.logits[0, -1]
 
@@ -316,6 +320,22 @@ class TransformersBackend:
             for i, layer in enumerate(self.model.model.layers)
         ]
 
+    @property
+    def exposes_sinks(self) -> bool:
+        """Whether the attention returns its weights, from which the sinks' share is read (eager does)."""
+        return self.model.config._attn_implementation == "eager"
+
+    def _sink_hooks(self, store: dict[int, tuple[float, ...]]) -> list[Any]:
+        def make(i: int) -> Any:
+            def hook(module: Any, args: tuple, output: Any) -> None:
+                weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
+                if weights is not None:  # (B, heads, q, k), the sink's column already dropped
+                    store[i] = tuple((1.0 - weights[0, :, -1, :].float().sum(-1)).tolist())
+
+            return hook
+
+        return [layer.self_attn.register_forward_hook(make(i)) for i, layer in enumerate(self.model.model.layers)]
+
     # -- streaming ----------------------------------------------------------------------------------
 
     def stream(
@@ -328,6 +348,7 @@ class TransformersBackend:
         seed: int | None = None,
         logprobs: int = 0,
         routing: bool = False,
+        sinks: bool = False,
         cancel: Cancel = None,
     ) -> Iterator[TokenStep]:
         """Generate token steps after ``prompt_ids`` as they come.
@@ -335,7 +356,8 @@ class TransformersBackend:
         Stops after ``<|return|>`` or ``<|call|>`` (the stop token is the last step), after
         ``max_tokens``, or within one token once ``cancel`` (an Event or a callable) is set.
         ``temperature=0`` is greedy. ``logprobs=K`` adds the chosen token's logprob and the top-K
-        alternatives; ``routing=True`` adds each token's experts per layer (no hooks otherwise).
+        alternatives; ``routing=True`` adds each token's experts per layer, and ``sinks=True`` the
+        share of attention each layer's heads gave their sink (eager attention only; no hooks otherwise).
         """
         import torch
 
@@ -346,8 +368,12 @@ class TransformersBackend:
         if not self._busy.acquire(blocking=False):
             raise RuntimeError("this model is already streaming; finish or close that stream first")
         store: dict[int, tuple[tuple[int, ...], tuple[float, ...]]] = {}
-        hooks = self._routing_hooks(store) if routing else []
+        sink_store: dict[int, tuple[float, ...]] = {}
+        sinks = sinks and self.exposes_sinks
+        hooks: list[Any] = []
         try:
+            hooks += self._routing_hooks(store) if routing else []
+            hooks += self._sink_hooks(sink_store) if sinks else []
             if cancelled(cancel):
                 return
             gen = None
@@ -359,11 +385,13 @@ class TransformersBackend:
                 if token in self.stop_tokens or i == max_tokens - 1:
                     yield TokenStep(token, lp, alts, None)  # never fed: no routing
                     return
-                if routing:
+                if routing or sinks:
                     store.clear()
+                    sink_store.clear()
                     logits = self._forward([token])
-                    step_routing: Routing = tuple(store[j] for j in range(len(store)))
-                    yield TokenStep(token, lp, alts, step_routing)
+                    step_routing: Routing | None = tuple(store[j] for j in range(len(store))) if routing else None
+                    step_sinks = tuple(sink_store[j] for j in range(len(sink_store))) if sinks else None
+                    yield TokenStep(token, lp, alts, step_routing, step_sinks)
                 else:
                     yield TokenStep(token, lp, alts)
                     if cancelled(cancel):

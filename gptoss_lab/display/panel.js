@@ -9,16 +9,17 @@ function esc(s) {
 // A small Markdown renderer for the final answer: text is escaped first, so nothing the model wrote
 // can inject markup.
 function markdown(src) {
-  const blocks = String(src).split(/\n```/);
+  // Fences start a line: the text alternates prose, code, prose, ...
+  const blocks = String(src).split(/^```/m);
   let html = "";
   blocks.forEach((block, i) => {
     if (i % 2 === 1) {
       const nl = block.indexOf("\n");
       const code = nl < 0 ? "" : block.slice(nl + 1);
-      html += `<pre class="gl-code"><code>${esc(code.replace(/```\s*$/, ""))}</code></pre>`;
+      html += `<pre class="gl-code"><code>${esc(code.replace(/\n$/, ""))}</code></pre>`;
       return;
     }
-    const text = i === 0 && block.startsWith("```") ? block.slice(3) : block;
+    const text = i > 0 ? block.replace(/^[^\n]*\n?/, "") : block; // the rest of a closing fence's line
     for (const para of text.split(/\n{2,}/)) {
       if (!para.trim()) continue;
       const lines = para.split("\n");
@@ -27,7 +28,8 @@ function markdown(src) {
         html += `<${tag}>` + lines.map((l) => `<li>${inline(l.replace(/^\s*([-*]|\d+\.)\s+/, ""))}</li>`).join("") + `</${tag}>`;
       } else if (/^#{1,6}\s/.test(para)) {
         const level = para.match(/^#+/)[0].length;
-        html += `<h${level + 2}>${inline(para.replace(/^#+\s/, ""))}</h${level + 2}>`;
+        const h = Math.min(level + 2, 6);
+        html += `<h${h}>${inline(para.replace(/^#+\s/, ""))}</h${h}>`;
       } else {
         html += `<p>${lines.map(inline).join("<br>")}</p>`;
       }
@@ -62,7 +64,9 @@ function kind(m) {
 function outputsHtml(outputs) {
   let html = "";
   for (const o of outputs || []) {
-    if (o["image/png"]) html += `<img class="gl-img" src="data:image/png;base64,${o["image/png"]}">`;
+    // Only real base64 goes into the attribute: a tool's "image" could otherwise carry markup.
+    const png = o["image/png"];
+    if (typeof png === "string" && /^[A-Za-z0-9+/=\s]*$/.test(png)) html += `<img class="gl-img" src="data:image/png;base64,${esc(png)}">`;
     else if (o["text/html"]) html += `<iframe class="gl-html" sandbox="" srcdoc="${esc(o["text/html"])}"></iframe>`;
   }
   return html;

@@ -63,7 +63,9 @@ class HarmonyPanel(anywidget.AnyWidget):
                 if self._live is not None:
                     events.append(["start", self._live["id"], self._live["meta"]])
                     events.append(["delta", self._live["id"], "".join(self._live["text"])])
-            self._send_custom({"type": "state", "events": events})
+                # The snapshot holds what was pending: sent now, it must not come again in a batch.
+                self._pending = []
+                self._send_custom({"type": "state", "events": events})
 
     # -- from the session (any thread) --------------------------------------------------------------
 

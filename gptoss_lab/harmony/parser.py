@@ -93,6 +93,11 @@ class HarmonyStreamParser:
         return self._state in (_CONTENT, _BROKEN) or (self._state == _HEADER and bool(self._header_tokens))
 
     @property
+    def state(self) -> str:
+        """Where the parser is: ``header``, ``content``, ``between`` (messages) or ``malformed``."""
+        return {_EXPECT_START: "between", _HEADER: "header", _CONTENT: "content", _BROKEN: "malformed"}[self._state]
+
+    @property
     def current_channel(self) -> str | None:
         return self._current.channel if self._state == _CONTENT else None
 
@@ -165,7 +170,7 @@ class HarmonyStreamParser:
             self._finish_message(out, incomplete=True)
         elif self._state == _BROKEN:
             self._emit_broken(out, "output ended inside a message whose header could not be read")
-        elif self._state == _HEADER and self._header_tokens:
+        elif self._state == _HEADER and (self._header_tokens or self._opened_by_start):
             text = self._decode(self._header_tokens)
             if not self._opened_by_start and all(t < FIRST_SPECIAL for t in self._header_tokens):
                 # Plain text with no Harmony markup at all: it is the assistant's content.

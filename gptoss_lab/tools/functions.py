@@ -135,6 +135,9 @@ class FunctionTool:
         self.name = name or fn.__name__
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.name):
             raise ValueError(f"a function tool's name must be an identifier, not {self.name!r}")
+        hidden = [p for p in inspect.signature(fn).parameters if p.startswith("_")]
+        if hidden:
+            raise ValueError(f"{self.name}: parameters starting with '_' cannot be filled by the model: {hidden}")
         self.signature = inspect.signature(fn)
         summary, param_docs = _docstring_parts(fn.__doc__)
         self.summary = description if description is not None else summary
@@ -215,6 +218,8 @@ class FunctionTool:
                 arguments = json.loads(text)
             except json.JSONDecodeError as e:
                 return f"Error: the arguments are not valid JSON ({e.msg} at position {e.pos}); send a JSON object."
+            except (RecursionError, ValueError) as e:
+                return f"Error: the arguments could not be read ({type(e).__name__}); send a flat JSON object."
         if not isinstance(arguments, dict):
             return f"Error: the arguments must be a JSON object with the parameters {list(self.signature.parameters)}."
         try:
@@ -222,6 +227,8 @@ class FunctionTool:
         except pydantic.ValidationError as e:
             problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'arguments'}: {err['msg']}" for err in e.errors())
             return f"Error: invalid arguments for {self.name}: {problems}."
+        except Exception as e:  # a type pydantic cannot check: say so rather than raise
+            return f"Error: the arguments for {self.name} could not be checked ({type(e).__name__}: {e})."
         try:
             result = self.fn(**kwargs)
             if inspect.isawaitable(result):

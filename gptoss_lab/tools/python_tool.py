@@ -61,6 +61,7 @@ class PythonTool:
         return ToolNamespaceConfig(name="python", description=self.declaration_text(), tools=[])
 
     def call(self, message: ParsedMessage) -> list[Message]:
+        self.last = None  # a failed run must not show the previous run's images
         result = self.sandbox.run(message.content)
         self.last = result
         text = result.text if result.text.strip() else "[no output]"

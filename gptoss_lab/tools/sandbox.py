@@ -45,6 +45,9 @@ from ..errors import GptossLabError
 LAUNCHER = (Path(__file__).with_name("_launcher.py")).read_text()
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 DATA_DIR = "/mnt/data"
+# Rich outputs (images, HTML) of one run kept for display: they live in the user's kernel and notebook.
+MAX_OUTPUTS = 50
+MAX_OUTPUT_BYTES = 8 * 2**20
 SHARE_DIR = "/mnt/user"
 _ids = iter(range(1, 1 << 30))
 
@@ -212,10 +215,13 @@ class Sandbox:
         for p, mode in self.shares.items():
             if mode not in ("ro", "rw") or not p.is_dir():
                 raise ValueError(f"share: {p} must be an existing folder, shared 'ro' or 'rw' (got {mode!r})")
+        names = [p.name for p in self.shares]
+        if len(set(names)) != len(names):
+            raise ValueError(f"share: two folders have the same name, and would meet at {SHARE_DIR}/<name>: {names}")
+        self.isolation = self._choose(isolation)  # before any folder is made: a refusal leaves nothing behind
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="gptoss-sandbox-")).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.isolation = self._choose(isolation)
         self.uid = (60000 + (os.getpid() * 31 + next(_ids)) % 5000) if self.isolation == "bwrap+uid" else None
         self._rundir = Path(tempfile.mkdtemp(prefix="gptoss-sandbox-run-"))
         self._cgroups: dict[str, Path] = {}
@@ -226,16 +232,22 @@ class Sandbox:
         self._lock = threading.Lock()
         self.closed = False
         self.restarts = 0
-        self._owners: dict[Path, tuple[int, int]] = {}
+        self._owners: dict[Path, tuple[int, int, int]] = {}
+        self._interrupt = threading.Event()
         if self.uid is not None:
+            if not self._own_workdir:  # lent to the sandbox's uid until close(), then handed back
+                st = self.workdir.stat()
+                self._owners[self.workdir] = (st.st_uid, st.st_gid, st.st_mode & 0o7777)
             os.chown(self.workdir, self.uid, self.uid)
             os.chmod(self.workdir, 0o711)  # bwrap, root without capabilities, must be able to enter it
             for p, mode in self.shares.items():
                 if mode == "rw":  # lent to the sandbox's uid until close(), then handed back
                     st = p.stat()
-                    self._owners[p] = (st.st_uid, st.st_gid)
+                    self._owners[p] = (st.st_uid, st.st_gid, st.st_mode & 0o7777)
                     os.chown(p, self.uid, self.uid)
-        self._start(background=warm)
+        self._ready = None
+        if warm:
+            self._start(background=True)
 
     # -- isolation ----------------------------------------------------------------------------------
 
@@ -271,6 +283,10 @@ class Sandbox:
             "USER": "sandbox",
             "MPLBACKEND": "Agg",
             "MALLOC_ARENA_MAX": "1",  # an idle kernel then maps far less address space
+            # numpy & co. would start a thread per core: on a big machine that alone passes `processes`
+            "OMP_NUM_THREADS": "1",
+            "OPENBLAS_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
             "PYTHONNOUSERSITE": "1",
             "IPYTHONDIR": "/tmp/ipython" if self.isolation != "process" else str(self._rundir / "ipython"),
             "MPLCONFIGDIR": "/tmp/matplotlib" if self.isolation != "process" else str(self._rundir / "mpl"),
@@ -293,7 +309,9 @@ class Sandbox:
         for prefix in dict.fromkeys([sys.base_prefix, sys.prefix, str(self._rundir)]):
             parent = Path(prefix).parent
             for anc in reversed([parent, *parent.parents]):
-                if str(anc) not in ("/", *made) and not str(anc).startswith(("/usr", "/tmp", "/proc", "/dev")):
+                # Every folder above a bound path must be enterable by the sandbox's user (bwrap makes
+                # them 0700); /usr is bound whole, and /tmp, /proc and /dev are mounted already.
+                if str(anc) not in ("/", "/tmp", *made) and not str(anc).startswith(("/usr", "/proc", "/dev")):
                     argv += ["--perms", "0755", "--dir", str(anc)]  # else bwrap makes them 0700
                     made.add(str(anc))
             mode = "--bind" if prefix == str(self._rundir) else "--ro-bind"
@@ -313,6 +331,8 @@ class Sandbox:
     def _start(self, background: bool) -> None:
         from jupyter_client.connect import write_connection_file
 
+        self._ready = threading.Event()
+        self._start_error = None
         conn = self._rundir / f"kernel-{next(_ids)}.json"
         write_connection_file(str(conn), transport="ipc", ip=str(self._rundir / "sock"))
         if self.uid is not None:
@@ -320,16 +340,21 @@ class Sandbox:
             os.chown(self._rundir, self.uid, self.uid)
             os.chown(conn, self.uid, self.uid)
         spec = dict(self._limits(), connection_file=str(conn))
-        launcher = [sys.executable, "-c", LAUNCHER, json.dumps(spec)]
+        # -I: the working directory (writable by the model) is never on sys.path, so no module of the
+        # model's can run before the limits are set.
+        launcher = [sys.executable, "-I", "-c", LAUNCHER, json.dumps(spec)]
         if self.isolation == "process":
             argv, cwd, env = launcher, str(self.workdir), self._env()
         else:
             argv, cwd, env = self._bwrap_argv(launcher), None, {}
         argv = self._in_cgroups(argv)
-        self._proc = _spawn(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, start_new_session=True)
-        self._ready = threading.Event()
-        self._start_error = None
+        try:
+            self._proc = _spawn(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, start_new_session=True)
+        except OSError as e:
+            self._start_error = SandboxError(f"the sandbox kernel could not be launched: {e}")
+            self._ready.set()
+            return
 
         def connect() -> None:
             from jupyter_client import BlockingKernelClient
@@ -348,7 +373,12 @@ class Sandbox:
                             raise
                 self._client = client
             except BaseException as e:
-                err = self._proc.stderr.read().decode(errors="replace")[-2000:] if self._proc and self._proc.poll() is not None and self._proc.stderr else ""
+                try:
+                    client.stop_channels()
+                except Exception:
+                    pass
+                proc = self._proc
+                err = proc.stderr.read().decode(errors="replace")[-2000:] if proc and proc.poll() is not None and proc.stderr else ""
                 self._start_error = SandboxError(f"the sandbox kernel did not start ({e}) {err}".strip())
             finally:
                 self._ready.set()
@@ -369,6 +399,9 @@ class Sandbox:
             group = root / f"gptoss-sandbox-{os.getpid()}-{next(_ids)}"
             try:
                 group.mkdir()
+            except OSError:
+                continue
+            try:
                 if ctrl == "memory":
                     (group / "memory.limit_in_bytes").write_text(str(self.memory_mb * 2**20))
                     swap = group / "memory.memsw.limit_in_bytes"
@@ -377,12 +410,13 @@ class Sandbox:
                 else:
                     (group / "pids.max").write_text(str(self.processes))
             except OSError:
+                group.rmdir()
                 continue
             self._cgroups[ctrl] = group
             files.append(str(group / "cgroup.procs"))
         if not files:
             return argv
-        script = 'for f in $GPTOSS_CGROUPS; do echo $$ > "$f"; done; exec "$@"'
+        script = 'for f in $GPTOSS_CGROUPS; do echo $$ > "$f" || exit 97; done; exec "$@"'
         return ["/bin/sh", "-c", script.replace("$GPTOSS_CGROUPS", " ".join(files)), "sh", *argv]
 
     @property
@@ -392,7 +426,8 @@ class Sandbox:
         return out + [f"cgroup:{c}" for c in self._cgroups]
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        assert self._ready is not None
+        if self._ready is None:  # warm=False: the first run starts the kernel
+            self._start(background=False)
         if not self._ready.wait(timeout):
             raise SandboxError(f"the sandbox kernel was not ready after {timeout:.0f} s")
         if self._start_error is not None:
@@ -428,6 +463,8 @@ class Sandbox:
 
     def restart(self) -> None:
         """Kill the kernel and start a fresh one (its state is lost)."""
+        if self.closed:
+            raise SandboxError("this sandbox is closed")
         self._kill()
         self.restarts += 1
         self._start(background=False)
@@ -438,14 +475,24 @@ class Sandbox:
         if self.closed:
             return
         self.closed = True
-        self._kill()
-        for folder, (uid, gid) in self._owners.items():
+        self.interrupt()
+        got = self._lock.acquire(timeout=5)  # let a run in progress end (it was just interrupted)
+        try:
+            self._kill()
+        finally:
+            if got:
+                self._lock.release()
+        for folder, (uid, gid, mode) in self._owners.items():
             for path in [folder, *folder.rglob("*")]:
                 try:
                     if path.lstat().st_uid == self.uid:
                         os.lchown(path, uid, gid)
                 except OSError:
                     pass
+            try:
+                os.chmod(folder, mode)
+            except OSError:
+                pass
         shutil.rmtree(self._rundir, ignore_errors=True)
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
@@ -466,10 +513,15 @@ class Sandbox:
         return f"<Sandbox {self.isolation}, workdir {self.workdir}, timeout {self.timeout:g} s>"
 
     def interrupt(self) -> None:
-        """Interrupt the code that is running now, if any (as the kernel's interrupt button does)."""
+        """Interrupt the code that is running now, if any (as the kernel's interrupt button does).
+
+        Safe from any thread: the thread running the code sends the request (ZMQ sockets are not
+        shared between threads)."""
+        self._interrupt.set()
+
+    def _send_interrupt(self) -> None:
         client = self._client
-        if client is not None:
-            client.control_channel.send(client.session.msg("interrupt_request", content={}))
+        client.control_channel.send(client.session.msg("interrupt_request", content={}))
 
     # -- running code -------------------------------------------------------------------------------
 
@@ -479,14 +531,21 @@ class Sandbox:
             raise SandboxError("this sandbox is closed")
         with self._lock:
             t0 = time.monotonic()
-            self.wait_ready()
+            try:
+                self.wait_ready()
+            except SandboxError:
+                self.restart()  # a kernel that failed to start gets one more try
+            if self.closed:
+                raise SandboxError("this sandbox is closed")
             result = self._execute(code, self.timeout if timeout is None else timeout)
             result.seconds = time.monotonic() - t0
             return result
 
     def _dead(self) -> str | None:
         """Why the kernel process is gone, or None while it lives."""
-        code = self._proc.poll() if self._proc is not None else -1
+        if self._proc is None:
+            return "closed" if self.closed else "not running"
+        code = self._proc.poll()
         if code is None:
             return None
         group = self._cgroups.get("memory")
@@ -511,17 +570,20 @@ class Sandbox:
         text = _Capped(self.max_output_chars)
         outputs: list[dict[str, Any]] = []
         error = None
+        self._interrupt.clear()
         msg_id = client.execute(code, store_history=False, allow_stdin=False)
         deadline = time.monotonic() + timeout
         interrupted_at = None
+        by_user = False
+        kept_bytes = dropped = 0
         while True:
             why = self._dead()
             if why is not None:
                 return self._crashed(text, outputs, why)
             now = time.monotonic()
-            if interrupted_at is None and now > deadline:
-                interrupted_at = now
-                client.control_channel.send(client.session.msg("interrupt_request", content={}))
+            if interrupted_at is None and (now > deadline or self._interrupt.is_set()):
+                interrupted_at, by_user = now, now <= deadline
+                self._send_interrupt()
             if interrupted_at is not None and now - interrupted_at > 3.0:
                 # The code ignored the interrupt (a C loop, a handler of its own): restart the kernel.
                 self.restart()
@@ -539,7 +601,12 @@ class Sandbox:
                 text.add(content["text"])
             elif kind in ("execute_result", "display_data"):
                 data = content.get("data", {})
-                outputs.append(data)
+                size = sum(len(str(v)) for v in data.values())
+                if len(outputs) < MAX_OUTPUTS and kept_bytes + size <= MAX_OUTPUT_BYTES:
+                    outputs.append(data)  # for display; the model reads only the text below
+                    kept_bytes += size
+                else:
+                    dropped += 1
                 if kind == "execute_result" and "text/plain" in data:
                     text.add(data["text/plain"] + "\n")
                 elif "image/png" in data:
@@ -549,11 +616,15 @@ class Sandbox:
                 text.add(ANSI.sub("", "\n".join(content["traceback"])) + "\n")
             elif kind == "status" and content["execution_state"] == "idle":
                 break
-        timed_out = interrupted_at is not None
-        if timed_out:
-            text.add(f"\n[timed out after {timeout:g} s: interrupted; the kernel's state is kept]")
-            error = "timeout"
-        return RunResult(text.value(), outputs, timed_out=timed_out, error=error)
+        if dropped:
+            text.add(f"\n[{dropped} rich outputs not kept: past {MAX_OUTPUTS} outputs or {MAX_OUTPUT_BYTES >> 20} MB]")
+        if interrupted_at is None:
+            return RunResult(text.value(), outputs, error=error)
+        if by_user:
+            text.add("\n[interrupted: the run was stopped; the kernel's state is kept]")
+            return RunResult(text.value(), outputs, error="interrupted")
+        text.add(f"\n[timed out after {timeout:g} s: interrupted; the kernel's state is kept]")
+        return RunResult(text.value(), outputs, timed_out=True, error="timeout")
 
     def _crashed(self, text: _Capped, outputs: list[dict[str, Any]], why: str) -> RunResult:
         self.restart()

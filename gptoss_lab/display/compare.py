@@ -1,0 +1,70 @@
+"""``%gptoss compare``: the same prompt at several reasoning efforts, side by side."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+
+def load_distance(a: list[list[int]], b: list[list[int]]) -> float | None:
+    """How differently two turns used the experts: the total-variation distance between their expert
+    load distributions, averaged over layers (0 = the same experts as often, 1 = no expert in common)."""
+    if not a or not b:
+        return None
+    dists = []
+    for row_a, row_b in zip(a, b):
+        n = max(len(row_a), len(row_b))
+        sa, sb = sum(row_a) or 1, sum(row_b) or 1
+        pa = [x / sa for x in row_a] + [0.0] * (n - len(row_a))
+        pb = [x / sb for x in row_b] + [0.0] * (n - len(row_b))
+        dists.append(0.5 * sum(abs(x - y) for x, y in zip(pa, pb)))
+    return sum(dists) / len(dists)
+
+
+class Comparison(dict):
+    """``{effort: TurnResult}`` for one prompt, shown as a side-by-side table."""
+
+    def __init__(self, prompt: str, results: dict[str, Any], seed: int | None):
+        super().__init__(results)
+        self.prompt = prompt
+        self.seed = seed
+
+    def rows(self) -> list[dict[str, Any]]:
+        base = next(iter(self.values()), None)
+        out = []
+        for effort, r in self.items():
+            tokens = r.tokens or []
+            out.append({
+                "effort": effort,
+                "analysis_tokens": sum(1 for t in tokens if t["channel"] == "analysis" and t["state"] == "content"),
+                "tokens": r.generated,
+                "seconds": round(r.seconds, 2),
+                "final": r.final,
+                "stop_reason": r.stop_reason,
+                "expert_load_distance": None if r is base or not tokens else load_distance(base.expert_load(), r.expert_load()),
+            })
+        return out
+
+    def _repr_html_(self) -> str:
+        rows = self.rows()
+        head = "".join(f"<th>{html.escape(r['effort'])}</th>" for r in rows)
+
+        def line(label: str, cells: list[str]) -> str:
+            return f"<tr><th style='text-align:left'>{label}</th>" + "".join(f"<td style='vertical-align:top'>{c}</td>" for c in cells) + "</tr>"
+
+        first = rows[0]["effort"] if rows else ""
+        body = [
+            line("analysis tokens", [str(r["analysis_tokens"]) for r in rows]),
+            line("tokens generated", [str(r["tokens"]) for r in rows]),
+            line("seconds", [str(r["seconds"]) for r in rows]),
+            line("ended by", [html.escape(r["stop_reason"]) for r in rows]),
+            line(f"experts vs {html.escape(first)}", ["-" if r["expert_load_distance"] is None else f"{r['expert_load_distance']:.2f}" for r in rows]),
+            line("final answer", [f"<div style='white-space:pre-wrap;max-width:28em'>{html.escape(r['final'] or '(none)')}</div>" for r in rows]),
+        ]
+        seed = "" if self.seed is None else f", seed {self.seed}"
+        return (f"<div><b>{html.escape(self.prompt)}</b> at each reasoning effort{seed}</div>"
+                f"<table><tr><th></th>{head}</tr>{''.join(body)}</table>")
+
+    def __repr__(self) -> str:
+        return "\n".join(f"{r['effort']:>6}: {r['analysis_tokens']} analysis tokens, {r['tokens']} tokens, "
+                         f"{r['seconds']} s, final={r['final']!r}" for r in self.rows())
