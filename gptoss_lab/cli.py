@@ -56,11 +56,9 @@ def _text_ids(data: bytes, source: str) -> list[int]:
         raise InputError(
             f"{source} is not UTF-8 text (bad byte at offset {e.start}); pass token ids with --tokens"
         ) from e
-    # A line break after the last special token is the file's, not the model's.
-    for eol in ("\r\n", "\n"):
-        if text.endswith("|>" + eol):
-            text = text[: -len(eol)]
-            break
+    from .harmony.parser import strip_file_newline
+
+    text = strip_file_newline(text)
     # Special tokens are written out, as servers print them: read them as the special tokens they are.
     return encoding().encode(text, allowed_special="all")
 

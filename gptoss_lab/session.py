@@ -14,7 +14,18 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .harmony.events import ContentDelta, Event, Malformed, MessageDone, MessageStarted, ToolCall, TurnDone
+from .harmony.events import (
+    CALL,
+    FIRST_SPECIAL,
+    RETURN,
+    ContentDelta,
+    Event,
+    Malformed,
+    MessageDone,
+    MessageStarted,
+    ToolCall,
+    TurnDone,
+)
 from .harmony.transcript import FORMAT
 
 if TYPE_CHECKING:
@@ -22,7 +33,7 @@ if TYPE_CHECKING:
 
     from .harmony.events import ParsedMessage
 
-STOP_TOKENS = (200002, 200012)
+STOP_TOKENS = (RETURN, CALL)
 
 
 @dataclass(frozen=True)
@@ -346,14 +357,14 @@ class Chat:
                         channel = transcript_messages[owner]["channel"]
                     tokens.append({
                         "id": step.token, "text": enc.decode([step.token]), "channel": channel,
-                        "state": state, "special": step.token >= 199998, "round": rounds, "message": owner,
+                        "state": state, "special": step.token >= FIRST_SPECIAL, "round": rounds, "message": owner,
                         "logprob": step.logprob, "alternatives": [list(a) for a in step.alternatives],
                         "routing": [[list(ids), list(w)] for ids, w in step.routing] if step.routing else None,
                         "sinks": [list(h) for h in step.sinks] if step.sinks else None,
                     })
             used += len(generated)
             if last in STOP_TOKENS:
-                reason = "return" if last == 200002 else "call"
+                reason = "return" if last == RETURN else "call"
             elif cancelled(cancel):
                 reason = "stopped"
             elif not generated:

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from ..harmony.events import CALL, END, RETURN, START
+from ..harmony.parser import strip_file_newline
 from .base import Cancel, TokenStep, cancelled
 from .transformers_backend import LoadReport
 
@@ -57,8 +58,7 @@ class ReplayBackend:
                 text = Path(source).read_text(encoding="utf-8")
             except OSError as e:
                 raise FileNotFoundError(f"cannot read the recording {str(source)!r}: {e.strerror or e}") from e
-        if text.endswith("|>\n"):
-            text = text[:-1]  # the file's line break, not the model's
+        text = strip_file_newline(text)
         self.tps = tps
         self.segments = segments(encoding().encode(text, allowed_special="all"))
         if not self.segments:

@@ -94,15 +94,19 @@ def init_tiny(path: str | Path, *, seed: int = 0, shards: int = 2, **shape: Any)
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
+    _write_metadata(out, config, {"kind": "tiny", "seed": seed, "random_weights": True, **shape})
+    return out
+
+
+def _write_metadata(out: Path, config: Any, marker: dict[str, Any]) -> None:
+    """config.json as OpenAI publishes it (quantization_config mxfp4), generation_config.json, and our marker."""
     cfg = config.to_dict()
     cfg["architectures"] = ["GptOssForCausalLM"]
     cfg["dtype"] = "bfloat16"
     cfg["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": MODULES_NOT_CONVERTED}
     (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     (out / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2) + "\n")
-    marker = {"kind": "tiny", "seed": seed, "random_weights": True, **{k: v for k, v in shape.items()}}
     (out / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-    return out
 
 
 def write_random_checkpoint(path: str | Path, config: Any, *, seed: int = 0, device: str = "cpu") -> Path:
@@ -160,13 +164,7 @@ def write_random_checkpoint(path: str | Path, config: Any, *, seed: int = 0, dev
         total += file.stat().st_size
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
     (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-    cfg = config.to_dict()
-    cfg["architectures"] = ["GptOssForCausalLM"]
-    cfg["dtype"] = "bfloat16"
-    cfg["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": MODULES_NOT_CONVERTED}
-    (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    (out / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2) + "\n")
-    (out / MARKER).write_text(json.dumps({"kind": "random", "seed": seed, "random_weights": True}) + "\n")
+    _write_metadata(out, config, {"kind": "random", "seed": seed, "random_weights": True})
     return out
 
 

@@ -17,12 +17,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import ModelDoesNotFitError
+from ..harmony.events import CALL, RETURN
 from .base import Cancel, Routing, TokenStep, cancelled
 from .plan import MoePlan, detect_device, fit_message, gb, plan_moe
 from .presets import preset_for, size_of
 from .source import Source, download, read_config, resolve
 
-STOP_TOKENS = frozenset({200002, 200012})  # <|return|>, <|call|>
+STOP_TOKENS = frozenset({RETURN, CALL})
 
 
 @dataclass

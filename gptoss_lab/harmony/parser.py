@@ -320,6 +320,14 @@ class HarmonyStreamParser:
         out.append(Malformed(raw, error, at))
 
 
+def strip_file_newline(text: str) -> str:
+    """Drop the line break a file adds after the last special token: it is the file's, not the model's."""
+    for eol in ("\r\n", "\n"):
+        if text.endswith("|>" + eol):
+            return text[: -len(eol)]
+    return text
+
+
 def parse_tokens(
     tokens: Sequence[int],
     encoding: HarmonyEncoding | None = None,
