@@ -332,3 +332,24 @@ def test_an_interrupt_from_another_thread_stops_the_run(sb):
     r = sb.run("import time\nwhile True:\n    time.sleep(0.01)", timeout=30)
     assert time.monotonic() - t0 < 5 and r.error == "interrupted" and not r.timed_out
     assert "interrupted" in r.text and sb.run("1").text == "1\n"
+
+
+def test_process_tier_kernel_dies_with_its_parent(tmp_path):
+    script = tmp_path / "parent.py"
+    script.write_text(textwrap.dedent(
+        """
+        import os, time
+        from gptoss_lab.tools.sandbox import Sandbox
+        s = Sandbox(isolation="process")
+        print(s.run("import os; print(os.getpid())").text.strip(), flush=True)
+        time.sleep(1000)
+        """
+    ))
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    kernel_pid = int(parent.stdout.readline())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{kernel_pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not Path(f"/proc/{kernel_pid}").exists() or "zombie" in Path(f"/proc/{kernel_pid}/status").read_text()

@@ -37,4 +37,7 @@ if uid is not None and os.getuid() == 0:
 os.umask(0o022)
 sys.argv = ["gptoss-lab-sandbox-kernel", "-f", spec["connection_file"], "--HistoryManager.enabled=False",
             "--IPKernelApp.quiet=True"]
+if spec.get("parent_pid"):
+    # Outside a PID namespace nothing kills the kernel with its parent: it watches the parent itself.
+    sys.argv.append(f"--IPKernelApp.parent_handle={spec['parent_pid']}")
 IPKernelApp.launch_instance()

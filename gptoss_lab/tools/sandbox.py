@@ -303,7 +303,8 @@ class Sandbox:
         for d in ("/bin", "/sbin", "/lib", "/lib64", "/lib32", "/etc/ld.so.cache", "/etc/alternatives",
                   "/etc/localtime", "/etc/ssl/certs", "/etc/mime.types"):
             argv += ["--ro-bind-try", d, d]
-        # A private /tmp that anyone in there may write, held in memory (so within the memory bound).
+        # A private /tmp that anyone in there may write, held in memory: capped at memory_mb, and counted
+        # in the memory cgroup where there is one.
         argv += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", str(self.memory_mb * 2**20), "--tmpfs", "/tmp"]
         made: set[str] = set()
         for prefix in dict.fromkeys([sys.base_prefix, sys.prefix, str(self._rundir)]):
@@ -340,6 +341,8 @@ class Sandbox:
             os.chown(self._rundir, self.uid, self.uid)
             os.chown(conn, self.uid, self.uid)
         spec = dict(self._limits(), connection_file=str(conn))
+        if self.isolation == "process":
+            spec["parent_pid"] = os.getpid()
         # -I: the working directory (writable by the model) is never on sys.path, so no module of the
         # model's can run before the limits are set.
         launcher = [sys.executable, "-I", "-c", LAUNCHER, json.dumps(spec)]
