@@ -26,7 +26,7 @@ from .harmony.events import (
     ToolCall,
     TurnDone,
 )
-from .harmony.transcript import FORMAT
+from .harmony.transcript import FORMAT, message_dict
 
 if TYPE_CHECKING:
     from openai_harmony import Message
@@ -393,11 +393,7 @@ class Chat:
                 result = ToolResult(index, call, tuple(replies), outputs, time.monotonic() - t1)
                 tool_results.append(result)
                 self.history.extend(replies)
-                for r in replies:
-                    transcript_messages.append({
-                        "role": "tool", "name": r.author.name, "channel": r.channel, "recipient": r.recipient,
-                        "content_type": r.content_type, "content": r.content[0].text if r.content else "",
-                    })
+                transcript_messages.extend(message_dict(r) for r in replies)
                 yield result
             if cancelled(cancel):
                 stop_reason = "stopped"

@@ -17,6 +17,7 @@ import anywidget
 import traitlets
 
 from ..harmony.events import ContentDelta, Malformed, MessageDone, MessageStarted
+from ..harmony.transcript import message_dict
 from ..session import ToolResult, TurnFinished
 
 FLUSH_SECONDS = 0.05  # at most ~20 live updates a second
@@ -95,11 +96,7 @@ class HarmonyPanel(anywidget.AnyWidget):
                 self._pending.append(["done", ident, {k: v for k, v in shown.items() if k != "content"}])
             elif isinstance(event, ToolResult):
                 for reply in event.messages:
-                    shown = {
-                        "id": self._new_id(), "role": "tool", "name": reply.author.name, "channel": reply.channel,
-                        "recipient": reply.recipient, "content_type": None,
-                        "content": reply.content[0].text if reply.content else "", "outputs": list(event.outputs),
-                    }
+                    shown = {"id": self._new_id(), **message_dict(reply), "outputs": list(event.outputs)}
                     self._shown.append(shown)
                     self._pending.append(["tool", shown["id"], shown])
             elif isinstance(event, Malformed):

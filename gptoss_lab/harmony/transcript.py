@@ -13,6 +13,18 @@ from .events import Event, Malformed, MessageDone, ParsedMessage, TurnDone
 FORMAT = "gptoss-lab.transcript/1"
 
 
+def message_dict(message: Any) -> dict[str, Any]:
+    """An ``openai_harmony.Message`` (a tool's reply, say) as it stands in the transcript JSON."""
+    return {
+        "role": message.author.role.value,
+        "name": message.author.name,
+        "channel": message.channel,
+        "recipient": message.recipient,
+        "content_type": message.content_type,
+        "content": "".join(getattr(c, "text", "") for c in message.content),
+    }
+
+
 class TranscriptBuilder:
     """An event sink that collects a transcript: finished messages, errors and how the output ended."""
 
