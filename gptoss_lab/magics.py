@@ -291,10 +291,9 @@ class GptossMagics(Magics):
             self.shell.user_ns[opts.output] = result
 
     def close(self) -> None:
-        for t in self.tools.values():
-            close = getattr(t, "close", None)
-            if close is not None:
-                close()
+        from .tools.base import Toolbox
+
+        Toolbox(self.tools.values()).close()
 
 
 __all__ = ["GptossMagics", "MIME"]

@@ -123,7 +123,9 @@ def load(
         )
     if source.path is None:
         download(source)
-    hf_model, attn, said = _from_pretrained(source, dev, plan, attn_implementation)
+    if not isinstance(config, dict):  # a preset sized the model before the download: read the real config now
+        config = read_config(source)
+    hf_model, attn, said = _from_pretrained(source, config, dev, plan, attn_implementation)
     notes = [plan.reason] + plan.notes
     moe_path = _moe_path_in(hf_model, plan)
     if moe_path != plan.moe_path:
@@ -147,13 +149,15 @@ def load(
     return TransformersBackend(hf_model, report)
 
 
-def _from_pretrained(source: Source, dev: Any, plan: MoePlan, attn: str | None) -> tuple[Any, str, list[str]]:
+def _from_pretrained(
+    source: Source, config: dict[str, Any], dev: Any, plan: MoePlan, attn: str | None
+) -> tuple[Any, str, list[str]]:
     import torch
     from transformers import AutoModelForCausalLM
 
     kwargs: dict[str, Any] = {"dtype": getattr(torch, plan.dtype)}
     kwargs["device_map"] = "auto" if dev.type == "cuda" and dev.count > 1 else {"": "cuda" if dev.type == "cuda" else "cpu"}
-    quantized = (read_config(source).get("quantization_config") or {}).get("quant_method") == "mxfp4"
+    quantized = (config.get("quantization_config") or {}).get("quant_method") == "mxfp4"
     if quantized and plan.moe_path != "mxfp4-kernels":
         from transformers import Mxfp4Config
 

@@ -47,6 +47,11 @@ def cache_dir() -> Path:
         return Path(os.environ["XDG_CACHE_HOME"]) / "gptoss-lab"
     if os.environ.get("HOME"):
         return Path(os.environ["HOME"]) / ".cache" / "gptoss-lab"
+    return _temp_cache()
+
+
+def _temp_cache() -> Path:
+    """A per-user folder in the system temp dir: the cache when there is no home, or it is not writable."""
     uid = os.getuid() if hasattr(os, "getuid") else "user"
     return Path(tempfile.gettempdir()) / f"gptoss-lab-{uid}"
 
@@ -85,8 +90,7 @@ def vocab_dir() -> Path:
     writable. The file is written atomically, so concurrent first runs never see half a file.
     """
     candidates = [cache_dir() / "vocab"]
-    uid = os.getuid() if hasattr(os, "getuid") else "user"
-    fallback = Path(tempfile.gettempdir()) / f"gptoss-lab-{uid}" / "vocab"
+    fallback = _temp_cache() / "vocab"
     if fallback not in candidates:
         candidates.append(fallback)
     errors = []
