@@ -6,6 +6,9 @@
 #   make test      install + every test
 #   make lab       install + JupyterLab on the quickstart notebook
 #   make bench     install + the benchmarks (figures printed, ratios measured side by side)
+#   make nano      install + train gpt-oss-nano from scratch into gptoss_lab/models/nano (about 90 min
+#                  on 2 CPU cores; NANO_ARGS passes options, e.g. NANO_ARGS="--steps 300" for a quick look)
+#   make nano-eval install + evaluate the shipped nano through the real tool loop (sandbox included)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -24,7 +27,7 @@ SYSTEM_COMMANDS ?= bwrap chromium
 STAMP := $(VENV)/.gptoss-lab-installed
 PYTEST_ARGS ?=
 
-.PHONY: install test lab bench system-packages clean
+.PHONY: install test lab bench nano nano-eval system-packages clean
 
 install: system-packages $(STAMP)
 
@@ -50,7 +53,7 @@ $(STAMP): pyproject.toml Makefile
 	@touch $@
 
 test: install
-	$(PY) -m ruff check gptoss_lab tests benchmarks
+	$(PY) -m ruff check gptoss_lab tests benchmarks nano
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 LAB_ARGS ?=
@@ -61,6 +64,14 @@ lab: install
 
 bench: install
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; echo; done
+
+NANO_ARGS ?=
+
+nano: install
+	$(PY) -m nano.train $(NANO_ARGS)
+
+nano-eval: install
+	$(PY) -m nano.evaluate --json artifacts/nano-eval.json $(NANO_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build dist

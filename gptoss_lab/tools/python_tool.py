@@ -9,12 +9,38 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .base import reply
-from .sandbox import DATA_DIR, SHARE_DIR, RunResult, Sandbox
+from .sandbox import DATA_DIR, DEFAULT_TIMEOUT, SHARE_DIR, RunResult, Sandbox
 
 if TYPE_CHECKING:
     from openai_harmony import Message, ToolNamespaceConfig
 
     from ..harmony.events import ParsedMessage
+
+
+def declaration_text(timeout: float = DEFAULT_TIMEOUT, shares: dict[Any, str] | None = None) -> str:
+    """What the system message says about the python tool: this sandbox's real timeout, data drive and shares."""
+    text = (
+        "Use this tool to execute Python code in your chain of thought. The code will not be shown to the user. "
+        "This tool should be used for internal reasoning, but not for code that is intended to be visible to the "
+        "user (e.g. when creating plots, tables, or files).\n\n"
+        "When you send a message containing Python code to python, it will be executed in a stateful Jupyter "
+        f"notebook environment. python will respond with the output of the execution or time out after "
+        f"{float(timeout)} seconds. The drive at '{DATA_DIR}' can be used to save and persist user files. "
+        "Internet access for this session is disabled."
+    )
+    if shares:
+        listed = ", ".join(
+            f"'{SHARE_DIR}/{p.name}' ({'read-write' if m == 'rw' else 'read-only'})" for p, m in shares.items()
+        )
+        text += f" The user shared these folders: {listed}."
+    return text
+
+
+def python_namespace(timeout: float = DEFAULT_TIMEOUT, shares: dict[Any, str] | None = None) -> ToolNamespaceConfig:
+    """The ``python`` namespace as the system message declares it."""
+    from openai_harmony import ToolNamespaceConfig
+
+    return ToolNamespaceConfig(name="python", description=declaration_text(timeout, shares), tools=[])
 
 
 class PythonTool:
@@ -38,27 +64,10 @@ class PythonTool:
         return recipient == "python"
 
     def declaration_text(self) -> str:
-        sb = self.sandbox
-        text = (
-            "Use this tool to execute Python code in your chain of thought. The code will not be shown to the user. "
-            "This tool should be used for internal reasoning, but not for code that is intended to be visible to the "
-            "user (e.g. when creating plots, tables, or files).\n\n"
-            "When you send a message containing Python code to python, it will be executed in a stateful Jupyter "
-            f"notebook environment. python will respond with the output of the execution or time out after "
-            f"{float(sb.timeout)} seconds. The drive at '{DATA_DIR}' can be used to save and persist user files. "
-            "Internet access for this session is disabled."
-        )
-        if sb.shares:
-            listed = ", ".join(
-                f"'{SHARE_DIR}/{p.name}' ({'read-write' if m == 'rw' else 'read-only'})" for p, m in sb.shares.items()
-            )
-            text += f" The user shared these folders: {listed}."
-        return text
+        return declaration_text(self.sandbox.timeout, self.sandbox.shares)
 
     def system_config(self) -> ToolNamespaceConfig:
-        from openai_harmony import ToolNamespaceConfig
-
-        return ToolNamespaceConfig(name="python", description=self.declaration_text(), tools=[])
+        return python_namespace(self.sandbox.timeout, self.sandbox.shares)
 
     def call(self, message: ParsedMessage) -> list[Message]:
         self.last = None  # a failed run must not show the previous run's images

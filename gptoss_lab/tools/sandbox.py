@@ -44,6 +44,7 @@ from ..errors import GptossLabError
 
 LAUNCHER = (Path(__file__).with_name("_launcher.py")).read_text()
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+DEFAULT_TIMEOUT = 120.0  # seconds one run() may take
 DATA_DIR = "/mnt/data"
 # Rich outputs (images, HTML) of one run kept for display: they live in the user's kernel and notebook.
 MAX_OUTPUTS = 50
@@ -193,7 +194,7 @@ class Sandbox:
     def __init__(
         self,
         *,
-        timeout: float = 120.0,
+        timeout: float = DEFAULT_TIMEOUT,
         memory_mb: int = 2048,
         cpu_seconds: int = 600,
         processes: int = 64,
