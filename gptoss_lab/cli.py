@@ -150,7 +150,12 @@ def cmd_ask(args: argparse.Namespace) -> int:
     from .errors import GptossLabError
     from .session import Chat, TurnFinished
 
-    name = args.model or os.environ.get("GPTOSS_LAB_MODEL") or "tiny"
+    name = args.model or os.environ.get("GPTOSS_LAB_MODEL")
+    if not name:
+        from .backends.source import default_model
+
+        name, why = default_model()
+        print(f"gptoss-lab: no --model given, using {name}: {why}", file=sys.stderr)
     tools = [t.strip() for t in args.tools.split(",") if t.strip()] if args.tools else []
     try:
         model = open_model(name, tps=args.tps)
@@ -233,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
         "tool calls; with --json print the transcript as one JSON document instead.",
     )
     p.add_argument("prompt")
-    p.add_argument("--model", "-m", default=None, help="tiny, a hub id, a folder, or replay:PATH (default: $GPTOSS_LAB_MODEL or tiny)")
+    p.add_argument("--model", "-m", default=None, help="nano, tiny, a hub id, a folder, or replay:PATH (default: $GPTOSS_LAB_MODEL, else gpt-oss on a GPU, else nano)")
     p.add_argument("-r", "--reasoning", default="medium", choices=["low", "medium", "high"])
     p.add_argument("--tools", default="", help="comma-separated; the terminal offers python")
     p.add_argument("--developer", default=None, help="developer instructions")

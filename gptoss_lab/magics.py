@@ -2,7 +2,8 @@
 
 Line magic::
 
-    %gptoss load MODEL [--device D] [--dtype T] [--tps N]   a hub id, a folder, tiny, or replay:PATH
+    %gptoss load [MODEL] [--device D] [--dtype T] [--tps N] a hub id, a folder, nano, tiny, or replay:PATH
+                                                            (none: gpt-oss on a GPU, else nano; it says why)
     %gptoss status                                          the model's report and the conversation
     %gptoss reset                                           forget the conversation
     %gptoss prompt                                          exactly what is sent next, special tokens shown
@@ -83,7 +84,7 @@ class GptossMagics(Magics):
     def _line(self, line: str) -> Any:
         words = shlex.split(line)
         if not words or words[0] not in SUBCOMMANDS:
-            raise UsageError(f"%gptoss takes one of: {', '.join(SUBCOMMANDS)} (e.g. %gptoss load tiny); "
+            raise UsageError(f"%gptoss takes one of: {', '.join(SUBCOMMANDS)} (e.g. %gptoss load nano); "
                              "use %%gptoss for a message")
         return getattr(self, f"_{words[0]}")(words[1:])
 
@@ -94,17 +95,23 @@ class GptossMagics(Magics):
         from .errors import GptossLabError
 
         ap = argparse.ArgumentParser(prog="%gptoss load", add_help=False, exit_on_error=False)
-        ap.add_argument("model")
+        ap.add_argument("model", nargs="?", default=None)
         ap.add_argument("--device", default="auto")
         ap.add_argument("--dtype", default=None)
         ap.add_argument("--tps", type=float, default=None)
         try:
             opts = ap.parse_args(args)
         except (argparse.ArgumentError, SystemExit) as e:
-            raise UsageError(f"%gptoss load MODEL [--device D] [--dtype T] [--tps N]: {e}") from None
-        load_options = {"device": opts.device, "dtype": opts.dtype} if not opts.model.startswith("replay:") else {}
+            raise UsageError(f"%gptoss load [MODEL] [--device D] [--dtype T] [--tps N]: {e}") from None
+        name = opts.model
+        if name is None:
+            from .backends.source import default_model
+
+            name, why = default_model()
+            print(f"Loading {name}: {why}.")
+        load_options = {"device": opts.device, "dtype": opts.dtype} if not name.startswith("replay:") else {}
         try:
-            model = open_model(opts.model, tps=opts.tps, **load_options)
+            model = open_model(name, tps=opts.tps, **load_options)
         except (GptossLabError, ValueError, FileNotFoundError) as e:
             raise UsageError(_one_line(e)) from None
         self.model = model
@@ -155,7 +162,7 @@ class GptossMagics(Magics):
 
     def _require_model(self) -> Any:
         if self.model is None:
-            raise UsageError("no model is loaded: run %gptoss load tiny (or a hub id, a folder, replay:PATH) first")
+            raise UsageError("no model is loaded: run %gptoss load (nano without a GPU; or a hub id, a folder, replay:PATH) first")
         return self.model
 
     def _status(self, args: list[str]) -> Any:

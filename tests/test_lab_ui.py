@@ -138,15 +138,15 @@ def test_stop_button_stops_the_turn(lab):
 
 def test_inspection_view_shows_tokens_and_routing(lab):
     root, url, token, browser, app = lab
-    name = notebook(root, "inspect.ipynb", ["%load_ext gptoss_lab", "%gptoss load tiny",
-                                            "%%gptoss --inspect --max-tokens 16 --seed 0 -o r\nHello"])
+    name = notebook(root, "inspect.ipynb", ["%load_ext gptoss_lab", "%gptoss load",  # the default here: nano
+                                            "%%gptoss --inspect --max-tokens 16 --seed 0 -o r\nWhat is the capital of Peru?"])
     page = open_and_run(browser, url, token, app, name, 3)
     page.wait_for_selector(".gi-view .gi-tok", timeout=120_000)
     assert page.locator(".gi-view .gi-tok").count() == 16
     page.locator(".gi-view .gi-tok").nth(2).click()
     page.wait_for_selector(".gi-view .gi-info:has-text('logprob')", timeout=10_000)
     assert "alternatives:" in page.locator(".gi-view .gi-info").inner_text()
-    assert page.locator(".gi-view .gi-sel table tr").count() == 3  # header row + 2 layers
+    assert page.locator(".gi-view .gi-sel table tr").count() == 5  # header row + nano's 4 layers
     page.locator(".gi-view .gi-tok").nth(6).click(modifiers=["Shift"])
     page.wait_for_selector(".gi-view .gi-info:has-text('5 tokens')", timeout=10_000)
     assert page.locator(".gi-view .gi-selected").count() == 5

@@ -1,4 +1,4 @@
-"""Where a model's files are: ``tiny``, a local folder, or a Hugging Face hub id (cached or not).
+"""Where a model's files are: ``nano``, ``tiny``, a local folder, or a Hugging Face hub id (cached or not).
 
 Missing weights are found out before anything else, fast: with no network the answer comes in
 seconds (never a hang on a download) and says where the cache is and how to fill it.
@@ -23,7 +23,7 @@ REACH_TIMEOUT = 4.0  # seconds to decide that the hub cannot be reached
 @dataclass
 class Source:
     asked: str
-    kind: str  # "tiny", "local" or "hub"
+    kind: str  # "nano", "tiny", "local" or "hub"
     path: Path | None  # a local folder with the files, once they are here
     hub_id: str | None = None
     marker: dict[str, Any] | None = None  # what gptoss-lab wrote about a checkpoint it made
@@ -81,6 +81,11 @@ def tiny_dir() -> Path:
 
 def resolve(model: str) -> Source:
     """Find ``model``'s files, or raise :class:`WeightsNotFoundError` at once when they cannot be had."""
+    if model == "nano":
+        from .nano import materialize
+
+        folder = materialize()
+        return Source(model, "nano", folder, marker=json.loads((folder / MARKER).read_text()))
     if model == "tiny":
         folder = tiny_dir()
         if missing_files(folder) or not (folder / MARKER).is_file():
@@ -99,7 +104,7 @@ def resolve(model: str) -> Source:
         return Source(model, "local", local, marker=marker)
     if model.count("/") != 1 or model.startswith((".", "/", "~")):
         raise WeightsNotFoundError(
-            f"{model!r} is neither a local folder, 'tiny', nor a hub id like 'openai/gpt-oss-20b'", model=model
+            f"{model!r} is neither a local folder, 'nano', 'tiny', nor a hub id like 'openai/gpt-oss-20b'", model=model
         )
     cached = _cached_snapshot(model)
     if cached is not None and not missing_files(cached):
@@ -114,6 +119,37 @@ def resolve(model: str) -> Source:
             cache_dir=hub_cache_dir(),
         )
     return Source(model, "hub", None, hub_id=model)
+
+
+def cached_models() -> list[str]:
+    """The official gpt-oss checkpoints complete in the Hugging Face cache."""
+    from .presets import PRESETS
+
+    out = []
+    for preset in PRESETS.values():
+        snap = _cached_snapshot(preset.hub_id)
+        if snap is not None and not missing_files(snap):
+            out.append(preset.hub_id)
+    return out
+
+
+def default_model() -> tuple[str, str]:
+    """The model ``%gptoss load`` and ``gptoss-lab ask`` use when none is named, and why.
+
+    With a GPU: the cached gpt-oss checkpoint, else gpt-oss-20b (downloaded). Without one: nano,
+    the small trained model inside the package (gpt-oss-20b in float32 on a CPU needs ~84 GB).
+    """
+    import torch
+
+    cached = cached_models()
+    if torch.cuda.is_available():
+        if cached:
+            return cached[0], f"a GPU is here and {cached[0]} is in the Hugging Face cache"
+        return "openai/gpt-oss-20b", "a GPU is here; no gpt-oss weights are cached, so gpt-oss-20b is downloaded"
+    if cached:
+        return "nano", (f"no GPU here ({cached[0]} is cached, but in float32 on a CPU it needs tens of GB; "
+                        f"load it by name to try): nano is the small trained teaching model in the package")
+    return "nano", "no GPU and no gpt-oss weights here: nano is the small trained teaching model in the package"
 
 
 def _cached_snapshot(repo_id: str) -> Path | None:

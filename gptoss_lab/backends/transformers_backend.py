@@ -31,7 +31,7 @@ class LoadReport:
     """What ran: device, dtype, MoE path, attention, size, time, and a note for every fallback."""
 
     model: str
-    kind: str  # "tiny", "local", "hub"
+    kind: str  # "nano", "tiny", "local", "hub"
     path: str
     device: str
     dtype: str
@@ -77,7 +77,7 @@ class _LibraryMessages(logging.Handler):
 
 
 def load(
-    model: str = "tiny",
+    model: str | None = None,
     *,
     device: str = "auto",
     dtype: str | None = None,
@@ -89,8 +89,10 @@ def load(
     Parameters
     ----------
     model
-        A hub id (``openai/gpt-oss-20b``), a local checkpoint folder, or ``"tiny"`` (a random-weight
-        checkpoint of the real architecture, made on first use).
+        A hub id (``openai/gpt-oss-20b``), a local checkpoint folder, ``"nano"`` (the small trained
+        teaching model inside the package) or ``"tiny"`` (a random-weight checkpoint of the real
+        architecture, made on first use). ``None``: the cached gpt-oss weights on a GPU, else nano
+        (the report says which, and why).
     device
         ``"auto"`` (a CUDA GPU when torch sees one, else the CPU), ``"cuda"``, ``"cuda:N"`` or ``"cpu"``.
     dtype
@@ -109,6 +111,11 @@ def load(
         The model needs more memory than is free: says what would fit.
     """
     t0 = time.perf_counter()
+    chosen = None
+    if model is None:
+        from .source import default_model
+
+        model, chosen = default_model()
     source = resolve(model)  # missing weights are the first thing a user must hear about
     dev = detect_device(device)
     plan = plan_moe(dev, dtype=dtype)
@@ -131,8 +138,12 @@ def load(
     if moe_path != plan.moe_path:
         notes.append(f"fell back from {plan.moe_path} to {moe_path}")
     notes += [f"transformers said: {m}" for m in said]
+    if chosen:
+        notes.insert(0, f"{model} was chosen because {chosen}")
     if source.marker and source.marker.get("random_weights"):
         notes.append("random weights (a gptoss-lab test checkpoint): the model generates noise; it tests set-ups, not answers")
+    elif source.marker and source.marker.get("kind") == "nano":
+        notes.append(nano_note(source.marker))
     report = LoadReport(
         model=model,
         kind=source.kind,
@@ -147,6 +158,17 @@ def load(
         notes=notes,
     )
     return TransformersBackend(hf_model, report)
+
+
+def nano_note(marker: dict[str, Any]) -> str:
+    shape = marker.get("shape", {})
+    return (
+        f"gpt-oss-nano: the gpt-oss architecture at toy size ({shape.get('layers')} layers, hidden {shape.get('hidden')}, "
+        f"{shape.get('experts')} experts top-{shape.get('top_k')}), trained by gptoss-lab on a synthetic Harmony corpus: "
+        "arithmetic through the python tool, get_weather(city), 50 capitals, copying numbers. "
+        "A teaching toy, not a capable model: outside those tasks it answers nonsense (model card: "
+        "gptoss_lab/models/nano/README.md)"
+    )
 
 
 def _from_pretrained(
