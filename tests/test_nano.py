@@ -68,13 +68,16 @@ def test_load_nano_rebuilds_the_full_vocabulary_and_says_what_it_is(model):
     assert not bool((emb[vocab[5]] == other).all())
 
 
-def test_default_model_without_a_gpu_or_weights_is_nano():
+def test_default_model_is_nano_without_a_gpu_and_gpt_oss_with_one():
     import torch
 
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU: the default is gpt-oss there")
+    from gptoss_lab.backends.source import cached_models
+
     name, why = default_model()
-    assert name == "nano" and "no GPU" in why
+    if torch.cuda.is_available():
+        assert name == (cached_models() or ["openai/gpt-oss-20b"])[0] and "GPU" in why
+    else:
+        assert name == "nano" and "no GPU" in why
 
 
 def test_ask_answers_held_out_arithmetic_through_the_sandbox():
