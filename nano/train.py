@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import random
+import re
 import time
 from pathlib import Path
 
@@ -142,8 +143,6 @@ def copy_score(model, enc, vocab: list[int], items) -> dict:
         prompt2 = prompt + gen + list(enc.render(tool)) + enc.encode("<|start|>assistant", allowed_special="all")
         s2 = enc.decode(full(greedy(model, sub(prompt2), stops, 80)))
         final = s2.split("<|channel|>final<|message|>")[-1] if "<|channel|>final" in s2 else ""
-        import re
-
         if re.search(rf"(?<![\d-]){re.escape(str(value))}(?!\d)", final):
             got["answer_ok"] += 1
     model.train()

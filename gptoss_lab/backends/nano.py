@@ -55,11 +55,7 @@ def export(model: Any, vocab: list[int], out: str | Path, marker: dict[str, Any]
     from transformers import GptOssConfig
 
     cfg = GptOssConfig(**{k: v for k, v in config.items() if k not in ("architectures", "transformers_version")})
-    _write_metadata(out, cfg, marker)
-    cfg_path = out / "config.json"
-    doc = json.loads(cfg_path.read_text())
-    doc["dtype"] = "float16"
-    cfg_path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    _write_metadata(out, cfg, marker, dtype="float16")
     return out
 
 
@@ -97,7 +93,7 @@ def materialize(src: str | Path = PACKAGE_DIR, dst: str | Path | None = None) ->
         full[vocab] = rows[:-1]
         tensors[name] = full
     save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
-    for name in ("config.json", "generation_config.json", MARKER):
+    for name in ("config.json", "generation_config.json"):
         (tmp / name).write_bytes((src / name).read_bytes())
     marker = json.loads((src / MARKER).read_text())
     marker["materialized_from"] = str(src)

@@ -98,11 +98,11 @@ def init_tiny(path: str | Path, *, seed: int = 0, shards: int = 2, **shape: Any)
     return out
 
 
-def _write_metadata(out: Path, config: Any, marker: dict[str, Any]) -> None:
+def _write_metadata(out: Path, config: Any, marker: dict[str, Any], dtype: str = "bfloat16") -> None:
     """config.json as OpenAI publishes it (quantization_config mxfp4), generation_config.json, and our marker."""
     cfg = config.to_dict()
     cfg["architectures"] = ["GptOssForCausalLM"]
-    cfg["dtype"] = "bfloat16"
+    cfg["dtype"] = dtype
     cfg["quantization_config"] = {"quant_method": "mxfp4", "modules_to_not_convert": MODULES_NOT_CONVERTED}
     (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     (out / "generation_config.json").write_text(json.dumps(GENERATION_CONFIG, indent=2) + "\n")
