@@ -289,8 +289,13 @@ def test_importing_the_browser_is_cheap() -> None:
         "print(sorted(m for m in new if m.split('.')[0] not in sys.stdlib_module_names))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    # the standard library only (and its own backends module); harmony loads on use
-    assert out.strip() == "['gptoss_lab.tools.browser', 'gptoss_lab.tools.browser_backends']"
+    # the standard library only (and its own modules); harmony loads on use
+    assert out.strip() == "['gptoss_lab.tools.browser', 'gptoss_lab.tools.browser_backends', 'gptoss_lab.tools.browser_pages']"
+
+
+def test_every_browser_module_imports_first_in_a_fresh_process() -> None:
+    for module in ("gptoss_lab.tools.browser_backends", "gptoss_lab.tools.browser_pages", "gptoss_lab.tools.browser"):
+        subprocess.run([sys.executable, "-c", f"import {module}"], check=True, capture_output=True)
 
 
 def test_the_toolbox_declares_and_dispatches_the_browser(browser: BrowserTool) -> None:

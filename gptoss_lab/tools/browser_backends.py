@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from .browser import (
+from .browser_pages import (
     _HEADING,
     _SCHEME,
     _TOKEN,
