@@ -249,3 +249,53 @@ def test_tool_message_author_is_the_tool():
     msg = conv.tool_message("python", "4", channel="analysis", recipient="assistant")
     assert msg.author.role is Role.TOOL and msg.author.name == "python"
     assert (msg.channel, msg.recipient) == ("analysis", "assistant")
+
+
+def _three_turns():
+    return [
+        conv.user_message("What is 2 + 2?"),
+        conv.assistant_message("turn-1 thinking", channel="analysis"),
+        conv.assistant_message("turn-1 answer: 4"),
+        conv.user_message("What is 12*34?"),
+        conv.assistant_message("turn-2 thinking: use python", channel="analysis"),
+        conv.assistant_message("print(12*34)", channel="analysis", recipient="python", content_type="code"),
+        conv.tool_message("python", "408", channel="analysis", recipient="assistant"),
+        conv.assistant_message("turn-2 read the output", channel="analysis"),
+        conv.assistant_message("turn-2 answer: 408"),
+        conv.user_message("Weather in Rome?"),
+        conv.assistant_message("turn-3 thinking: call the function", channel="analysis"),
+        conv.assistant_message('{"city": "Rome"}', channel="commentary", recipient="functions.get_weather",
+                               content_type="<|constrain|>json"),
+        conv.tool_message("functions.get_weather", '{"sky": "clear"}', channel="commentary", recipient="assistant"),
+        conv.assistant_message("turn-3 answer: clear"),
+    ]
+
+
+def test_every_finished_turns_analysis_is_dropped_not_only_the_first(enc):
+    # openai-harmony alone drops analysis only before the first final (openai/harmony PR #96)
+    text = enc.decode_utf8(conv.render_for_completion(_three_turns() + [conv.user_message("Thanks!")]))
+    for thought in ("turn-1 thinking", "turn-2 thinking", "print(12*34)", "<|message|>408<|end|>", "turn-2 read", "turn-3 thinking"):
+        assert thought not in text, thought
+    for answer in ("turn-1 answer: 4", "turn-2 answer: 408", "turn-3 answer: clear"):
+        assert answer in text
+    # commentary is not chain of thought: the function call and its result stay
+    assert '{"city": "Rome"}' in text and '{"sky": "clear"}' in text
+    assert text.endswith("<|start|>user<|message|>Thanks!<|end|><|start|>assistant")
+
+
+def test_the_current_turns_analysis_stays_through_its_tool_calls_after_finished_turns(enc):
+    ongoing = _three_turns() + [
+        conv.user_message("And 5*6?"),
+        conv.assistant_message("turn-4 thinking", channel="analysis"),
+        conv.assistant_message("print(5*6)", channel="analysis", recipient="python", content_type="code"),
+        conv.tool_message("python", "30", channel="analysis", recipient="assistant"),
+    ]
+    text = enc.decode_utf8(conv.render_for_completion(ongoing))
+    assert "turn-4 thinking" in text and "print(5*6)" in text and "30<|end|>" in text
+    assert "turn-2 thinking" not in text and "turn-3 thinking" not in text
+
+
+def test_a_whole_conversation_keeps_only_its_last_turns_analysis(enc):
+    text = enc.decode_utf8(conv.render_conversation(_three_turns()))
+    assert "turn-3 thinking" in text
+    assert "turn-1 thinking" not in text and "turn-2 thinking" not in text and "print(12*34)" not in text

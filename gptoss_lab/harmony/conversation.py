@@ -2,8 +2,8 @@
 
 The messages are openai-harmony's own ``Message`` objects; these helpers only give them the defaults
 gpt-oss expects and name the options in Harmony's words. Rendering keeps Harmony's rule on
-chain of thought: the analysis of finished turns is dropped (a turn is finished by its final
-message), and kept through the current turn's tool calls.
+chain of thought for every turn: the analysis of finished turns is dropped (a turn is finished by
+its final message), and kept through the current turn's tool calls.
 """
 
 from __future__ import annotations
@@ -138,10 +138,33 @@ def tool_message(name: str, text: str, *, channel: str | None = None, recipient:
     return msg
 
 
-def _config(drop_analysis: bool):  # type: ignore[no-untyped-def]
+def _config():  # type: ignore[no-untyped-def]
     from openai_harmony import RenderConversationConfig
 
-    return RenderConversationConfig(auto_drop_analysis=drop_analysis)
+    # openai-harmony drops analysis only before the conversation's FIRST final message (openai/harmony
+    # PR #96), so a third turn would be sent the second turn's chain of thought: we drop it ourselves.
+    return RenderConversationConfig(auto_drop_analysis=False)
+
+
+def drop_finished_analysis(messages: Sequence[Message], *, keep_last_turn: bool = False) -> list[Message]:
+    """The messages without the analysis of finished turns, as gpt-oss was trained.
+
+    A turn is finished once the assistant has written its final message: every analysis-channel
+    message before that final (the assistant's thinking, and python calls and their replies, which
+    run on the analysis channel) is left out. Commentary (function calls and their results) and the
+    current turn's analysis are kept. ``keep_last_turn``: the conversation's last turn keeps its
+    analysis even when finished (a whole conversation rendered for training or display).
+    """
+    msgs = list(messages)
+    boundary = len(msgs)
+    if keep_last_turn:
+        users = [i for i, m in enumerate(msgs) if m.author.role.value == "user"]
+        boundary = users[-1] if users else 0
+    finals = [i for i, m in enumerate(msgs[:boundary]) if m.author.role.value == "assistant" and m.channel == "final"]
+    if not finals:
+        return msgs
+    last_final = finals[-1]
+    return [m for i, m in enumerate(msgs) if not (i < last_final and m.channel == "analysis")]
 
 
 def render_for_completion(
@@ -153,24 +176,25 @@ def render_for_completion(
 ) -> list[int]:
     """The prompt token ids that ask the model for the next message (ends in ``<|start|>assistant``).
 
-    With ``drop_analysis`` (the default, as gpt-oss was trained), analysis messages before the last
-    final message are left out; the current turn's analysis, tool calls included, is kept.
+    With ``drop_analysis`` (the default, as gpt-oss was trained), the analysis of every finished
+    turn is left out (:func:`drop_finished_analysis`); the current turn's, tool calls included, is kept.
     """
     from openai_harmony import Conversation, Role
 
     enc = encoding if encoding is not None else _encoding()
-    convo = Conversation.from_messages(list(messages))
-    return enc.render_conversation_for_completion(convo, Role(next_role), _config(drop_analysis))
+    msgs = drop_finished_analysis(list(messages)) if drop_analysis else list(messages)
+    return enc.render_conversation_for_completion(Conversation.from_messages(msgs), Role(next_role), _config())
 
 
 def render_conversation(
     messages: Iterable[Message], *, drop_analysis: bool = True, encoding: HarmonyEncoding | None = None
 ) -> list[int]:
-    """The token ids of a whole conversation, with the same rule on analysis."""
+    """The token ids of a whole conversation; with ``drop_analysis`` only its last turn keeps its analysis."""
     from openai_harmony import Conversation
 
     enc = encoding if encoding is not None else _encoding()
-    return enc.render_conversation(Conversation.from_messages(list(messages)), _config(drop_analysis))
+    msgs = drop_finished_analysis(list(messages), keep_last_turn=True) if drop_analysis else list(messages)
+    return enc.render_conversation(Conversation.from_messages(msgs), _config())
 
 
 def _encoding() -> HarmonyEncoding:
