@@ -266,7 +266,115 @@ def test_message_left_open_before_next_start(enc):
 def test_named_author_and_repeated_stop_tokens(enc):
     doc = parse(enc, "<|start|>assistant:helper<|channel|>final<|message|>hi<|return|><|return|><|end|>", role=None)
     assert fields(doc) == [("assistant", "helper", "final", None, None, "hi")]
+    # The tokens after the stop token that ended the turn are the model's output too: kept, not dropped.
+    assert doc["errors"] == [{"raw": "<|return|><|end|>", "reason": "text after <|return|>", "token_index": 9}]
+    assert doc["complete"] is True and doc["stop_reason"] == "return"
+
+
+def _assert_raw_is_the_input_at_token_index(enc, tokens, doc):
+    for err in doc["errors"]:
+        assert enc.decode(tokens[err["token_index"]:]).startswith(err["raw"]), err
+
+
+@pytest.mark.parametrize("first, second", [("return", "return"), ("call", "return"), ("return", "call"), ("call", "call")])
+def test_a_second_stop_token_after_a_finished_turn_is_kept(enc, first, second):
+    text = f"<|channel|>final<|message|>Done.<|{first}|><|{second}|>"
+    tokens = enc.encode(text, allowed_special="all")
+    doc = transcript(parse_tokens(tokens, enc))
+    assert fields(doc) == [("assistant", None, "final", None, None, "Done.")]
+    assert doc["errors"] == [{"raw": f"<|{second}|>", "reason": f"text after <|{first}|>", "token_index": len(tokens) - 1}]
+    assert doc["complete"] is True and doc["stop_reason"] == first
+    _assert_raw_is_the_input_at_token_index(enc, tokens, doc)
+
+
+def test_a_second_stop_token_joins_the_text_after_the_turn(enc):
+    text = "<|channel|>final<|message|>Done.<|return|> more<|return|> and more"
+    tokens = enc.encode(text, allowed_special="all")
+    doc = transcript(parse_tokens(tokens, enc))
+    assert [e["raw"] for e in doc["errors"]] == [" more<|return|> and more"]
+    assert doc["errors"][0]["reason"] == "text after <|return|>"
+    _assert_raw_is_the_input_at_token_index(enc, tokens, doc)
+
+
+def test_a_doubled_end_between_messages_is_kept(enc):
+    text = "<|channel|>analysis<|message|>think<|end|><|end|><|start|>assistant<|channel|>final<|message|>ok<|end|><|return|>"
+    tokens = enc.encode(text, allowed_special="all")
+    doc = transcript(parse_tokens(tokens, enc))
+    assert [m["content"] for m in doc["messages"]] == ["think", "ok"]
+    (err,) = doc["errors"]
+    assert err["raw"] == "<|end|>" and "outside a message" in err["reason"]
+    assert err["token_index"] == tokens.index(ev.END) + 1
+    assert doc["complete"] is True and doc["stop_reason"] == "return"  # <|end|><|return|> still ends the turn
+    _assert_raw_is_the_input_at_token_index(enc, tokens, doc)
+
+
+def test_an_end_token_opening_the_completion_is_kept(enc):
+    tokens = enc.encode("<|end|><|start|>assistant<|channel|>final<|message|>ok<|return|>", allowed_special="all")
+    doc = transcript(parse_tokens(tokens, enc))
+    assert fields(doc) == [("assistant", None, "final", None, None, "ok")]
+    assert doc["errors"] == [{"raw": "<|end|>", "reason": "text outside a message (expected <|start|>)", "token_index": 0}]
+
+
+def test_a_stop_token_after_stray_text_still_ends_the_turn(enc):
+    tokens = enc.encode("<|channel|>final<|message|>A<|end|> oops<|return|>", allowed_special="all")
+    doc = transcript(parse_tokens(tokens, enc))
+    assert [e["raw"] for e in doc["errors"]] == [" oops"]
+    assert doc["complete"] is True and doc["stop_reason"] == "return"
+
+
+def test_error_raws_are_verbatim_slices_of_the_input(enc):
+    text = (
+        "<|end|>lead<|start|>narrator<|message|>Once<|end|><|start|><|start|>assistant<|channel|>final extra words"
+        "<|message|>x<|end|><|end|> stray<|start|>assistant<|channel|>final<|message|>y<|return|><|call|>tail<|end|>"
+    )
+    tokens = enc.encode(text, allowed_special="all")
+    for role in ("assistant", None):
+        doc = transcript(parse_tokens(tokens, enc, role=role))
+        assert len(doc["errors"]) >= 5
+        _assert_raw_is_the_input_at_token_index(enc, tokens, doc)
+        assert doc["errors"][-1]["raw"] == "<|call|>tail<|end|>"
+
+
+# -- headers and text the model wrote without the usual markup --------------------------------------
+
+
+@pytest.mark.parametrize("role", ["assistant", None])
+def test_header_without_a_role_is_the_assistants(enc, role):
+    # Models that leave out the assistant tag write <|start|><|channel|>...
+    doc = parse(enc, "<|start|><|channel|>analysis<|message|>Thinking<|end|>"
+                     "<|start|><|channel|>commentary to=functions.f <|constrain|>json<|message|>{}<|call|>", role=role)
+    assert fields(doc) == [
+        ("assistant", None, "analysis", None, None, "Thinking"),
+        ("assistant", None, "commentary", "functions.f", "<|constrain|>json", "{}"),
+    ]
+    assert doc["errors"] == [] and doc["stop_reason"] == "call"
+    events = parse_tokens(enc.encode("<|start|><|channel|>commentary to=python<|message|>print(1)<|call|>",
+                                     allowed_special="all"), enc, role=role)
+    assert [c.recipient for c in events if isinstance(c, ToolCall)] == ["python"]
+
+
+def test_header_without_a_role_cut_before_its_message_token(enc):
+    doc = parse(enc, "<|start|><|channel|>final The answer is 4.<|return|>", role=None)
+    assert fields(doc) == [("assistant", None, "final", None, None, "The answer is 4.")]
     assert doc["errors"] == [] and doc["complete"] is True
+
+
+def test_bare_text_before_a_start_is_a_channel_less_message(enc):
+    doc = parse(enc, "Hello there<|start|>assistant<|channel|>final<|message|>Hi<|return|>")
+    assert fields(doc) == [
+        ("assistant", None, None, None, None, "Hello there"),
+        ("assistant", None, "final", None, None, "Hi"),
+    ]
+    assert doc.get("incomplete_messages", []) == [] and doc["errors"] == [] and doc["complete"] is True
+
+
+@pytest.mark.parametrize("stop", ["<|end|>", "<|return|>", "<|call|>", ""])
+def test_bare_text_at_the_start_is_a_channel_less_message(enc, stop):
+    doc = parse(enc, "Hello there" + stop)
+    assert fields(doc) == [("assistant", None, None, None, None, "Hello there")]
+    assert doc["errors"] == []
+    assert doc.get("incomplete_messages", []) == ([0] if stop == "" else [])
+    assert doc["complete"] is (stop in ("<|return|>", "<|call|>"))
 
 
 # -- events ---------------------------------------------------------------------------------------

@@ -85,6 +85,20 @@ def test_never_raises_and_never_loses_a_word(stream, role):
 
 
 @SETTINGS
+@given(token_streams(), st.sampled_from(["assistant", None]))
+def test_errors_are_the_input_at_their_token_index_and_no_stop_token_vanishes(stream, role):
+    tokens, _ = stream
+    events = parse_tokens(tokens, ENC, role=role)
+    doc = transcript(events)
+    for err in doc["errors"]:
+        assert ENC.decode(tokens[err["token_index"] :], errors="replace").startswith(err["raw"]), (err, tokens)
+    # A stop token either ends a turn or is kept in an error's raw (content and headers never hold one).
+    ended = sum(isinstance(e, ev.TurnDone) and e.reason in ("return", "call") for e in events)
+    kept = sum(e["raw"].count("<|return|>") + e["raw"].count("<|call|>") for e in doc["errors"])
+    assert tokens.count(ev.RETURN) + tokens.count(ev.CALL) == ended + kept, (tokens, doc)
+
+
+@SETTINGS
 @given(token_streams(), st.lists(st.integers(1, 7), max_size=20))
 def test_chunking_does_not_change_the_transcript(stream, cuts):
     tokens, _ = stream

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 CHANNEL_MARK = "<|channel|>"
 CONSTRAIN_MARK = "<|constrain|>"
 ROLES = ("system", "developer", "user", "assistant", "tool")
+UNNAMED_ROLE = "assistant"  # the role of a header that names none
 # Authors of tool messages are named after the tool (``python``, ``functions.lookup_weather``,
 # ``browser.search``): a lone word like these is a tool's name, not an unknown role.
 _TOOL_NAME = re.compile(r"^(?:python|browser|container|functions)(?:\.[\w\-]+)*$|^[A-Za-z_][\w\-]*(?:\.[\w\-]+)+$")
@@ -113,12 +114,17 @@ def parse_header(text: str, implied_role: str | None, *, closed: bool = True) ->
         The header's text, without the leading ``<|start|>``.
     implied_role
         The role when the header follows a ``<|start|>role`` the model did not write itself
-        (a completion generated after ``<|start|>assistant``).
+        (a completion generated after ``<|start|>assistant``). A header that names no role, only
+        a channel or nothing, is read with :data:`UNNAMED_ROLE` implied.
     closed
         False when the header never reached ``<|message|>`` (a stop token or the end of the output
         came first): then only the role and channel are read and the rest is kept as ``leftover``,
         the message's likely content (as openai-harmony's non-strict mode does).
     """
+    if implied_role is None and not text.partition(CHANNEL_MARK)[0].strip() and (closed or CHANNEL_MARK in text):
+        # No role at all (``<|start|><|channel|>analysis<|message|>``): models that leave out the
+        # assistant tag write this, so read it as the start of a completion is read.
+        implied_role = UNNAMED_ROLE
     header = Header(role=None)
     text = _take_channel(text, header)
     if not closed:

@@ -142,17 +142,16 @@ class HarmonyStreamParser:
                     self.position = base + i
                     self._flush_stray(out)
                     self._begin_header(None, opened_by_start=True, at=base + i)
-                elif t == RETURN or t == CALL:
-                    if self._turn_open and not self._stray:
-                        # <|end|><|return|> (vLLM #37072): the message was whole, the turn ends here.
-                        self._finish_turn(t, out)
-                    # A second stop token carries no text: nothing to keep.
-                elif t == END and not self._stray:
-                    pass  # <|end|><|end|>: nothing to keep
+                elif t in _STOP_NAMES and self._turn_open:
+                    # After <|end|> this is vLLM #37072's <|end|><|return|>: the message was whole and
+                    # the turn ends here, as it does when stray text came first.
+                    self.position = base + i
+                    self._flush_stray(out)
+                    self._finish_turn(t, out)
                 else:
-                    if not self._stray:
-                        self._stray_at = base + i
-                    self._stray.append(t)
+                    # Anything else between messages is kept, special tokens too: a doubled <|end|> or a
+                    # second stop token is output the model wrote, not structure.
+                    self._keep_stray(t, base + i)
                 i += 1
         self.position = base + n
         return out
@@ -172,7 +171,7 @@ class HarmonyStreamParser:
             self._emit_broken(out, "output ended inside a message whose header could not be read")
         elif self._state == _HEADER and (self._header_tokens or self._opened_by_start):
             text = self._decode(self._header_tokens)
-            if not self._opened_by_start and all(t < FIRST_SPECIAL for t in self._header_tokens):
+            if self._bare_text():
                 # Plain text with no Harmony markup at all: it is the assistant's content.
                 self._start_message(Header(role=self._implied_role or "assistant"), out)
                 out.append(ContentDelta(self._index, None, text))
@@ -227,11 +226,20 @@ class HarmonyStreamParser:
                 self._malformed(self._header_raw() + "<|message|>", "; ".join(header.problems), self._header_at, out)
             self._start_message(header, out)
             return
-        if t == START:
+        if t == START and not self._bare_text():
             # A header interrupted by a new <|start|>: keep its text, read the new header.
             if self._header_tokens or self._opened_by_start:
                 self._malformed(self._header_raw(), "message header not closed by <|message|>", self._header_at, out)
             self._begin_header(None, opened_by_start=True, at=self.position)
+            return
+        if self._bare_text():
+            # Plain text where the completion's first header was expected, cut by <|end|>, a stop
+            # token or <|start|>: it is a channel-less message of the implied role, kept as written.
+            text = self._decode(self._header_tokens)
+            self._start_message(Header(role=self._implied_role or "assistant"), out)
+            out.append(ContentDelta(self._index, None, text))
+            self._content_parts.append(text)
+            self._end_message(t, out)
             return
         # <|end|>, <|return|> or <|call|> before <|message|>: read the header as far as it goes and
         # keep the rest as the message's content (openai-harmony's non-strict reading).
@@ -249,9 +257,20 @@ class HarmonyStreamParser:
                 return
         elif self._opened_by_start:
             self._malformed("<|start|>", "empty message", self._header_at, out)
+        elif t == END:
+            # An <|end|> where the completion's first header was expected closes no message.
+            self._state = _EXPECT_START
+            self._keep_stray(t, self.position)
+            return
         self._state = _EXPECT_START
         if t in _STOP_NAMES and self._turn_open:
             self._finish_turn(t, out)
+
+    def _bare_text(self) -> bool:
+        """The completion began with plain text where its first header was expected."""
+        return not self._opened_by_start and bool(self._header_tokens) and all(
+            t < FIRST_SPECIAL for t in self._header_tokens
+        )
 
     def _start_message(self, header: Header, out: list[Event]) -> None:
         self._current = header
@@ -305,6 +324,11 @@ class HarmonyStreamParser:
         self._turn_open = False
         self._last_stop = t
         out.append(TurnDone(_STOP_NAMES[t]))  # type: ignore[arg-type]
+
+    def _keep_stray(self, t: int, at: int) -> None:
+        if not self._stray:
+            self._stray_at = at
+        self._stray.append(t)
 
     def _flush_stray(self, out: list[Event]) -> None:
         if not self._stray:
