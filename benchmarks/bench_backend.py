@@ -36,7 +36,7 @@ def main() -> None:
     prompt = torch.randint(0, 199998, (64,), generator=g).tolist()
 
     def ours() -> float:
-        m.reset_cache()
+        m.reset()
         t0 = time.perf_counter()
         n = sum(1 for _ in m.stream(prompt, max_tokens=96, temperature=0))
         assert n == 96
@@ -70,9 +70,9 @@ def main() -> None:
 
     cold, warm = [], []
     for _ in range(rounds):
-        m.reset_cache()
+        m.reset()
         cold.append(ttft(history + reply))
-        m.reset_cache()
+        m.reset()
         first = [s.token for s in m.stream(history, max_tokens=8, temperature=0)]
         warm.append(ttft(history + first + reply))
         assert m.last_prefill["prefilled"] == len(reply) + 1

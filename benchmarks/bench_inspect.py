@@ -29,14 +29,14 @@ def main() -> None:
     prompt = chat.prompt_ids([__import__("gptoss_lab.harmony.conversation", fromlist=["x"]).user_message("Hello")])
 
     def bare() -> float:
-        m.reset_cache()
+        m.reset()
         t0 = time.perf_counter()
         k = sum(1 for _ in m.stream(prompt, max_tokens=n, temperature=0))
         return k / (time.perf_counter() - t0)
 
     def turn(inspect: bool) -> float:
         chat.reset()
-        m.reset_cache()
+        m.reset()
         t0 = time.perf_counter()
         r = chat.send("Hello", max_tokens=n, temperature=0, inspect=inspect)
         return r.generated / (time.perf_counter() - t0)

@@ -46,7 +46,7 @@ def main() -> None:
         ])
         speeds = []
         for _ in range(rounds):
-            m.reset_cache()
+            m.reset()
             t0 = time.perf_counter()
             n = sum(1 for _ in m.stream(prompt, max_tokens=200, temperature=0))
             speeds.append(n / (time.perf_counter() - t0))

@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 __all__ = ["Chat", "Sandbox", "__version__", "encoding", "load", "tool"]
 
 if TYPE_CHECKING:
-    from .backends.transformers_backend import load
+    from .backends.resolve import load
     from .harmony.vocab import encoding
     from .session import Chat
     from .tools.functions import tool
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 _LAZY = {
     "encoding": ("gptoss_lab.harmony.vocab", "encoding"),
-    "load": ("gptoss_lab.backends.transformers_backend", "load"),
+    "load": ("gptoss_lab.backends.resolve", "load"),
     "tool": ("gptoss_lab.tools.functions", "tool"),
     "Sandbox": ("gptoss_lab.tools.sandbox", "Sandbox"),
     "Chat": ("gptoss_lab.session", "Chat"),

@@ -146,7 +146,7 @@ class _Terminal:
 def cmd_ask(args: argparse.Namespace) -> int:
     import os
 
-    from .backends.resolve import open_model
+    from .backends.resolve import load
     from .errors import GptossLabError
     from .session import Chat, TurnFinished
 
@@ -158,7 +158,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         print(f"gptoss-lab: no --model given, using {name}: {why}", file=sys.stderr)
     tools = [t.strip() for t in args.tools.split(",") if t.strip()] if args.tools else []
     try:
-        model = open_model(name, tps=args.tps)
+        model = load(name, tps=args.tps)
         chat = Chat(model, reasoning=args.reasoning, tools=tools, instructions=args.developer)
     except (GptossLabError, ValueError, FileNotFoundError) as e:
         _fail(str(e).splitlines()[0])

@@ -26,3 +26,7 @@ class ModelDoesNotFitError(GptossLabError, MemoryError):
         self.needed_bytes = needed_bytes
         self.available_bytes = available_bytes
         self.device = device
+
+
+class TurnInProgressError(GptossLabError, RuntimeError):
+    """A turn of this chat is still running; a second turn, a reset or a new model must wait for it."""

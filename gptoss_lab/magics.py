@@ -18,9 +18,7 @@ Cell magic: the cell is the user's message (``{var}`` is taken from your namespa
 
 from __future__ import annotations
 
-import queue
 import shlex
-import threading
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -29,7 +27,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from IPython.display import display
 
 from .display.bundle import MIME, bundle
-from .session import Chat, TurnFinished, make_tools
+from .session import Chat, RunningTurn, make_tools
 
 SUBCOMMANDS = ("load", "status", "reset", "prompt", "tools", "compare")
 
@@ -54,6 +52,17 @@ class GptossMagics(Magics):
         self.tools: dict[str, Any] = {}  # name -> tool, kept across cells (the python tool's state too)
         self.last: Any = None
         self._turn: _Turn | None = None
+
+    @property
+    def _ns(self) -> dict[str, Any]:
+        assert self.shell is not None, "the magics are registered with a shell"
+        return self.shell.user_ns  # type: ignore[no-any-return]
+
+    def _not_busy(self, what: str) -> None:
+        """A turn still running (or winding down after Stop) must end before ``what``."""
+        if self.chat is not None and self.chat.busy:
+            raise UsageError(f"a %%gptoss turn is still running: press Stop (or interrupt the kernel) and wait "
+                             f"for it to end before {what}")
 
     # -- the line magic -----------------------------------------------------------------------------
 
@@ -91,27 +100,28 @@ class GptossMagics(Magics):
     def _load(self, args: list[str]) -> Any:
         import argparse
 
-        from .backends.resolve import open_model
+        from .backends.resolve import load
         from .errors import GptossLabError
 
         ap = argparse.ArgumentParser(prog="%gptoss load", add_help=False, exit_on_error=False)
         ap.add_argument("model", nargs="?", default=None)
-        ap.add_argument("--device", default="auto")
+        ap.add_argument("--device", default=None)
         ap.add_argument("--dtype", default=None)
         ap.add_argument("--tps", type=float, default=None)
         try:
             opts = ap.parse_args(args)
         except (argparse.ArgumentError, SystemExit) as e:
             raise UsageError(f"%gptoss load [MODEL] [--device D] [--dtype T] [--tps N]: {e}") from None
+        self._not_busy("loading another model")
         name = opts.model
         if name is None:
             from .backends.source import default_model
 
             name, why = default_model()
             print(f"Loading {name}: {why}.")
-        load_options = {"device": opts.device, "dtype": opts.dtype} if not name.startswith("replay:") else {}
+        load_options = {k: v for k, v in (("device", opts.device), ("dtype", opts.dtype)) if v is not None}
         try:
-            model = open_model(name, tps=opts.tps, **load_options)
+            model = load(name, tps=opts.tps, **load_options)
         except (GptossLabError, ValueError, FileNotFoundError) as e:
             raise UsageError(_one_line(e)) from None
         self.model = model
@@ -138,22 +148,22 @@ class GptossMagics(Magics):
         if bad or not efforts:
             raise UsageError(f"--efforts takes low, medium and/or high, not {', '.join(bad) or 'nothing'}")
         model = self._require_model()
+        self._not_busy("comparing")
         tools = [] if opts.tools is None else [self._tool(t.strip()) for t in opts.tools.split(",") if t.strip()]
         results = {}
         for effort in efforts:
-            if hasattr(model, "rewind"):
-                model.rewind()
+            model.reset()  # each effort from the same start (a replay: its first stretch)
             chat = Chat(model, reasoning=effort, tools=tools)
             results[effort] = chat.send(opts.prompt, seed=opts.seed, max_tokens=opts.max_tokens, inspect=True)
         comparison = Comparison(opts.prompt, results, opts.seed)
-        self.shell.user_ns["_gptoss_compare"] = comparison
+        self._ns["_gptoss_compare"] = comparison
         return comparison
 
     def _tool(self, name: str) -> Any:
         if name == "python" and name in self.tools:
             return self.tools[name]  # kept across cells: the sandbox's state is the point
         try:
-            (found,) = make_tools([name], self.shell.user_ns)  # functions: as defined now
+            (found,) = make_tools([name], self._ns)  # functions: as defined now
         except ValueError as e:
             raise UsageError(_one_line(e)) from None
         if name == "python":
@@ -177,10 +187,11 @@ class GptossMagics(Magics):
         print("\n".join(lines))
 
     def _reset(self, args: list[str]) -> None:
+        self._not_busy("resetting")
         if self.chat is not None:
-            self.chat.reset()
-        if hasattr(self.model, "rewind"):
-            self.model.rewind()
+            self.chat.reset()  # the conversation, and the model's cached prefix
+        elif self.model is not None:
+            self.model.reset()
         print("gptoss: conversation reset")
 
     def _prompt(self, args: list[str]) -> None:
@@ -194,6 +205,7 @@ class GptossMagics(Magics):
     def _tools(self, args: list[str]) -> None:
         from .harmony import conversation as conv
         from .harmony.vocab import encoding
+        from .tools.base import BuiltinTool
 
         chat = self._chat_for(None)
         if not len(chat.toolbox):
@@ -201,8 +213,9 @@ class GptossMagics(Magics):
             return
         enc = encoding()
         for t in chat.toolbox:
-            if hasattr(t, "system_config"):
-                print(f"# {t.namespace} (system message)\n{t.system_config().description}\n")
+            if isinstance(t, BuiltinTool):
+                config = t.system_config()
+                print(f"# {config.name} (system message)\n{config.description}\n")
         functions = chat.toolbox.function_descriptions()
         if functions:
             print("# functions (developer message)\n" + enc.decode_utf8(enc.render(conv.developer_message(functions=functions))))
@@ -213,11 +226,10 @@ class GptossMagics(Magics):
         self._require_model()
         tools = None if opts is None or opts.tools is None else [t.strip() for t in opts.tools.split(",") if t.strip()]
         if self.chat is None or (opts is not None and opts.new):
-            history = [] if self.chat is None or (opts is not None and opts.new) else self.chat.history
+            self._not_busy("starting a new conversation")
             self.chat = Chat(self.model)
-            self.chat.history = history
-            if hasattr(self.model, "rewind") and opts is not None and opts.new:
-                self.model.rewind()
+            if opts is not None and opts.new:
+                self.model.reset()
         if tools is not None:
             chosen = [self._tool(name) for name in tools]
             from .tools.base import Toolbox
@@ -234,7 +246,7 @@ class GptossMagics(Magics):
 
     def _prepare(self, line: str, cell: str) -> tuple[Any, str, Chat]:
         opts = parse_argstring(self.gptoss, line)
-        text = _fill(cell, self.shell.user_ns).strip()
+        text = _fill(cell, self._ns).strip()
         if not text:
             raise UsageError("%%gptoss needs a message in the cell")
         if opts.output is not None and not opts.output.isidentifier():
@@ -284,8 +296,7 @@ class GptossMagics(Magics):
             display(InspectView(self.last))
 
     def _new_turn(self, chat: Chat, text: str, opts: Any) -> _Turn:
-        if self._turn is not None and self._turn.worker.is_alive():
-            raise UsageError("the previous %%gptoss turn is still stopping: run this cell again in a moment")
+        self._not_busy("sending another message")
         self._turn = _Turn(self, chat, text, opts)
         return self._turn
 
@@ -293,9 +304,9 @@ class GptossMagics(Magics):
         if result is None:
             return
         self.last = result
-        self.shell.user_ns["_gptoss"] = result
+        self._ns["_gptoss"] = result
         if opts.output:
-            self.shell.user_ns[opts.output] = result
+            self._ns[opts.output] = result
 
     def close(self) -> None:
         from .tools.base import Toolbox
@@ -307,71 +318,57 @@ __all__ = ["GptossMagics", "MIME"]
 
 
 class _Turn:
-    """One %%gptoss turn: the model's loop on a worker thread, its events shown from the cell's thread."""
+    """One %%gptoss turn on display: the chat runs it on its worker thread; the cell's thread shows its
+    events in the panel and, on Stop or the kernel's interrupt, asks it to stop."""
 
     def __init__(self, magics: GptossMagics, chat: Chat, text: str, opts: Any):
         from .display.panel import HarmonyPanel
 
-        report = magics.model.report
-        self.chat, self.opts = chat, opts
-        self.panel = HarmonyPanel(header={"model": report.model, "moe_path": report.moe_path, "effort": chat.reasoning})
+        report = magics._require_model().report
+        self.opts = opts
+        self.panel = HarmonyPanel(header={"model": report.model, "engine": report.engine, "moe_path": report.moe_path,
+                                          "effort": chat.reasoning})
         self.handle = display(self.panel, display_id=True)
-        self.events: queue.Queue = queue.Queue()
-        self.result: Any = None
         self.failure: BaseException | None = None
-        self.over = False
-        options = dict(max_tokens=opts.max_tokens, temperature=opts.temperature, top_p=opts.top_p, seed=opts.seed,
-                       inspect=opts.inspect, cancel=self.panel.cancel)
+        self.running: RunningTurn = chat.start(
+            text, max_tokens=opts.max_tokens, temperature=opts.temperature, top_p=opts.top_p, seed=opts.seed,
+            inspect=opts.inspect, cancel=self.panel.cancel,
+        )
 
-        def work() -> None:
-            try:
-                for event in chat.stream(text, **options):
-                    self.events.put(event)
-            except BaseException as e:  # handed to the cell's thread
-                self.events.put(e)
-            finally:
-                self.events.put(None)
-
-        self.worker = threading.Thread(target=work, name="gptoss-lab-turn", daemon=True)
-        self.worker.start()
+    @property
+    def over(self) -> bool:
+        return self.running.over
 
     def take(self, timeout: float) -> bool:
         """Show the next event, waiting up to ``timeout``; False when there was none."""
         try:
-            event = self.events.get(timeout=timeout) if timeout else self.events.get_nowait()
-        except queue.Empty:
-            return False
+            event = self.running.get(timeout=timeout)
+        except BaseException as e:  # the turn failed: raised from finish(), in the cell
+            self.failure = e
+            return True
         if event is None:
-            self.over = True
-        elif isinstance(event, BaseException):
-            self.failure = event
-        else:
-            if isinstance(event, TurnFinished):
-                self.result = event.result
-            self.panel.add(event)
+            return self.running.over
+        self.panel.add(event)
         return True
 
     def stop(self) -> None:
-        self.panel.cancel.set()
-        for t in self.chat.toolbox:
-            sandbox = getattr(t, "sandbox", None)
-            if sandbox is not None:
-                sandbox.interrupt()
+        self.running.stop()
 
     def finish(self) -> Any:
         if not self.over:  # left early (a second interrupt): the worker stops within a token
             self.stop()
-        status = "failed" if self.failure is not None else "stopped" if self.result is None or self.result.stopped else "done"
+        result = self.running.result
+        status = "failed" if self.failure is not None else "stopped" if result is None or result.stopped else "done"
         self.panel.finish(status)
         if self.failure is not None:
             raise self.failure
-        if self.result is None:
+        if result is None:
             return None
-        data = bundle(self.result, show_analysis=self.opts.show_analysis)
+        data = bundle(result, show_analysis=self.opts.show_analysis)
         data["application/vnd.jupyter.widget-view+json"] = {"version_major": 2, "version_minor": 1, "model_id": self.panel.model_id}
         if self.handle is not None:
             self.handle.update(data, raw=True)
-        return self.result
+        return result
 
 
 def async_cells(lines: list[str]) -> list[str]:
@@ -383,4 +380,5 @@ def async_cells(lines: list[str]) -> list[str]:
     if not first.startswith("%%gptoss") or first[8:9] not in ("", " ", "\t") or first.rstrip().endswith("?"):
         return lines
     line, cell = first[8:].strip(), "".join(lines[1:])
-    return [f"await get_ipython()._gptoss_lab_magics._cell_async({line!r}, {cell!r})\n"]
+    # The line is expanded as IPython expands a cell magic's line ({var}, $var), in the cell's namespace.
+    return [f"await get_ipython()._gptoss_lab_magics._cell_async(get_ipython().var_expand({line!r}), {cell!r})\n"]

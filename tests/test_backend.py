@@ -95,7 +95,7 @@ def test_plain_transformers_loads_the_checkpoint(tiny_dir):
 
 
 def test_greedy_stream_equals_generate(m):
-    m.reset_cache()
+    m.reset()
     steps = list(m.stream(PROMPT, max_tokens=96, temperature=0))
     with torch.inference_mode():
         out = m.model.generate(
@@ -106,14 +106,14 @@ def test_greedy_stream_equals_generate(m):
 
 
 def test_stop_token_is_the_last_step(m):
-    m.reset_cache()
+    m.reset()
     first = next(iter(m.stream(PROMPT, max_tokens=1, temperature=0))).token
     head = m.model.lm_head.weight
     saved = head[200002].detach().clone()
     try:
         with torch.no_grad():
             head[200002] = head[first] * 3  # make <|return|> the model's clear choice after `first`
-        m.reset_cache()
+        m.reset()
         steps = list(m.stream(PROMPT + [first], max_tokens=50, temperature=0))
     finally:
         with torch.no_grad():
@@ -139,7 +139,7 @@ def test_cancel_stops_within_one_token(m):
 
 
 def test_logprobs_are_the_models_log_softmax(m):
-    m.reset_cache()
+    m.reset()
     steps = list(m.stream(PROMPT, max_tokens=6, temperature=0, logprobs=5))
     ids = PROMPT + [s.token for s in steps]
     with torch.inference_mode():
@@ -154,7 +154,7 @@ def test_logprobs_are_the_models_log_softmax(m):
 
 
 def test_routing_is_the_routers_own_choice(m):
-    m.reset_cache()
+    m.reset()
     steps = list(m.stream(PROMPT, max_tokens=8, temperature=0, routing=True))
     assert steps[-1].routing is None  # the last token was never fed to the model
     ids = PROMPT + [s.token for s in steps]
@@ -196,13 +196,13 @@ def test_sampling_is_seeded(m):
 
 
 def test_prefix_cache_prefills_only_what_is_new(m):
-    m.reset_cache()
+    m.reset()
     out = [s.token for s in m.stream(PROMPT, max_tokens=10, temperature=0)]
     tool_reply = [200006, 29010, 316, 28, 173781, 200008, 19, 200007, 200006, 173781]
     follow = PROMPT + out + tool_reply
     cont = list(m.stream(follow, max_tokens=5, temperature=0, logprobs=3))
     assert m.last_prefill == {"cached": len(PROMPT) + len(out) - 1, "prefilled": len(tool_reply) + 1}
-    m.reset_cache()
+    m.reset()
     cold = list(m.stream(follow, max_tokens=5, temperature=0, logprobs=3))
     assert m.last_prefill == {"cached": 0, "prefilled": len(follow)}
     assert [s.token for s in cont] == [s.token for s in cold]
@@ -216,7 +216,7 @@ def test_prefix_cache_logits_match_a_fresh_pass_past_the_sliding_window(m):
     ids = torch.randint(0, 199998, (300,), generator=g).tolist()
     with torch.inference_mode():
         fresh = m.model(torch.tensor([ids])).logits[0, -1]
-    m.reset_cache()
+    m.reset()
     m.prefill(ids[:200])
     assert torch.allclose(m.prefill(ids), fresh, atol=1e-4)
     m.prefill(ids[:250] + [11, 12, 13])  # diverges at 250: the cache is cut back, not rebuilt

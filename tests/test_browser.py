@@ -306,5 +306,5 @@ def test_the_toolbox_declares_and_dispatches_the_browser(browser: BrowserTool) -
     box = Toolbox([browser])
     assert box.names() == ["browser"] and box.builtin_configs() == [ToolNamespaceConfig.browser()]
     call_ = ParsedMessage("assistant", None, "commentary", "browser.search", None, '{"query": "pip"}')
-    shown = box.dispatch(call_)[0].content[0].text
+    shown = box.dispatch(call_).messages[0].content[0].text
     assert shown.startswith("[0] pip\n") and "【0†Setup guide†guide/setup.md】" in shown

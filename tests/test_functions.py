@@ -187,10 +187,10 @@ def call_msg(recipient, content, channel="commentary"):
 def test_toolbox_dispatches_by_recipient():
     box = Toolbox([get_current_weather, get_location])
     assert box.names() == ["functions.get_current_weather", "functions.get_location"]
-    (msg,) = box.dispatch(call_msg("functions.get_current_weather", '{"location": "Rome"}'))
+    (msg,) = box.dispatch(call_msg("functions.get_current_weather", '{"location": "Rome"}')).messages
     assert msg.author.name == "functions.get_current_weather" and msg.recipient == "assistant"
     assert msg.channel == "commentary" and '"Rome"' in msg.content[0].text
-    (err,) = box.dispatch(call_msg("functions.nope", "{}"))
+    (err,) = box.dispatch(call_msg("functions.nope", "{}")).messages
     assert err.content[0].text.startswith("Error: there is no tool 'functions.nope'")
     assert [d.name for d in box.function_descriptions()] == ["get_current_weather", "get_location"]
 
@@ -201,6 +201,6 @@ def test_plain_functions_become_tools_and_duplicates_are_refused():
         return a + b
 
     box = Toolbox([add])
-    assert box.dispatch(call_msg("functions.add", '{"a": 2, "b": 3}'))[0].content[0].text == "5"
+    assert box.dispatch(call_msg("functions.add", '{"a": 2, "b": 3}')).messages[0].content[0].text == "5"
     with pytest.raises(ValueError, match="functions.add"):
         Toolbox([add, tool(add)])

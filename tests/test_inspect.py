@@ -20,7 +20,7 @@ def model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def result(model):
-    model.reset_cache()
+    model.reset()
     return gptoss_lab.Chat(model, reasoning="low").send("Hello there", max_tokens=24, inspect=True, seed=5)
 
 

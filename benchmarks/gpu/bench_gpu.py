@@ -60,7 +60,7 @@ def main() -> None:
     prompt = torch.randint(0, 199998, (64,), generator=g).tolist()
 
     def ours() -> float:
-        m.reset_cache()
+        m.reset()
         t0 = time.perf_counter()
         n = sum(1 for _ in m.stream(prompt, max_tokens=args.tokens, temperature=0))
         if device == "cuda":
@@ -92,9 +92,9 @@ def main() -> None:
             torch.cuda.synchronize()
         return time.perf_counter() - t0
 
-    m.reset_cache()
+    m.reset()
     figures["ttft_cold_4k_s"] = round(ttft(history + reply), 4)
-    m.reset_cache()
+    m.reset()
     first = [st.token for st in m.stream(history, max_tokens=8, temperature=0)]
     figures["ttft_continuation_4k_s"] = round(ttft(history + first + reply), 4)
     if device == "cuda":

@@ -1,15 +1,17 @@
-"""What every backend gives: prompt token ids in, a stream of generated token steps out.
+"""The backend contract: prompt token ids in, a stream of generated token steps out.
 
-A backend knows nothing of Harmony or widgets (DESIGN.md). The transformers backend (the model in
-this kernel) and the replay backend (a recorded completion) both implement :class:`Backend`.
+A backend knows nothing of Harmony or widgets (DESIGN.md). Everything the session, the magics and the
+display may ask of one is here, in :class:`Backend`; nothing else is looked up on a backend object.
+``tests/test_backend_contract.py`` checks every backend against it: the transformers backend (the
+model in this kernel: ``tiny``, ``nano``, gpt-oss), the replay backend, and every later one.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Protocol, Union, runtime_checkable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, Union, runtime_checkable
 
 # Per layer: the ids of the top-k experts that processed the token, and their weights.
 Routing = tuple[tuple[tuple[int, ...], tuple[float, ...]], ...]
@@ -35,8 +37,94 @@ class TokenStep:
     sinks: tuple[tuple[float, ...], ...] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a backend can return besides token ids, and how much it can hold.
+
+    A step carries ``logprob``/``alternatives`` exactly when ``logprobs`` is true and they were asked
+    for; likewise ``routing`` and ``sinks``. ``prefix_cache``: a prompt that extends the previous one
+    prefills only what is new. ``context_length``: the most tokens of prompt and output together
+    (None: not known). ``experts``: experts per MoE layer, the width of a routing table (None: no routing).
+    """
+
+    logprobs: bool = False
+    routing: bool = False
+    sinks: bool = False
+    prefix_cache: bool = False
+    context_length: int | None = None
+    experts: int | None = None
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+@dataclass
+class LoadReport:
+    """What runs: the engine, device, dtype, MoE path, attention, size, time, and a note for every fallback.
+
+    ``engine`` names the code that computes the tokens (``transformers``, ``replay``); ``kind`` says
+    where the model came from (``nano``, ``tiny``, ``local``, ``hub``, ``replay``).
+    """
+
+    model: str
+    kind: str
+    path: str
+    device: str
+    dtype: str
+    moe_path: str
+    attn_implementation: str
+    params: int
+    memory_bytes: int
+    load_seconds: float
+    notes: list[str] = field(default_factory=list)
+    engine: str = "transformers"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        lines = [
+            f"model      {self.model} ({self.kind}: {self.path})",
+            f"engine     {self.engine}",
+            f"device     {self.device}",
+            f"dtype      {self.dtype}",
+            f"moe_path   {self.moe_path}",
+            f"attention  {self.attn_implementation}",
+            f"params     {self.params / 1e9:.3f} B" if self.params >= 1e8 else f"params     {self.params / 1e6:.1f} M",
+            f"memory     {_gb(self.memory_bytes)}",
+            f"loaded in  {self.load_seconds:.1f} s",
+        ]
+        lines += [f"note       {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def _repr_markdown_(self) -> str:
+        return "```text\n" + str(self) + "\n```"
+
+
 @runtime_checkable
 class Backend(Protocol):
+    """A model engine, as the session sees it.
+
+    ``report``
+        A :class:`LoadReport`: what runs, shown by ``%gptoss status`` and the panel's header.
+    ``capabilities``
+        A :class:`Capabilities`: what :meth:`stream` can add to its steps.
+    ``stream(prompt_ids, ...)``
+        Yields the generated :class:`TokenStep` values after ``prompt_ids``. It stops after
+        ``<|return|>`` or ``<|call|>`` (the stop token is the last step), after ``max_tokens`` steps,
+        or within one token once ``cancel`` (an Event or a callable) says stop. ``temperature=0`` is
+        greedy; with a ``seed`` the same prompt gives the same steps. ``logprobs=K`` (K > 0) adds the
+        chosen token's logprob and the top-K alternatives, ``routing`` the experts per layer, ``sinks``
+        the attention sinks' share, each only where ``capabilities`` says the backend has it.
+    ``reset()``
+        Forget every cached prefix (and, for a recording, start it again): the next stream begins
+        from nothing. ``%gptoss reset`` calls it.
+    """
+
+    report: LoadReport
+    capabilities: Capabilities
+
     def stream(
         self,
         prompt_ids: Sequence[int],
@@ -50,6 +138,8 @@ class Backend(Protocol):
         sinks: bool = False,
         cancel: Cancel = None,
     ) -> Iterator[TokenStep]: ...
+
+    def reset(self) -> None: ...
 
 
 def cancelled(cancel: Cancel) -> bool:

@@ -15,8 +15,7 @@ from pathlib import Path
 
 from ..harmony.events import CALL, END, RETURN, START
 from ..harmony.parser import strip_file_newline
-from .base import Cancel, TokenStep, cancelled
-from .transformers_backend import LoadReport
+from .base import Cancel, Capabilities, LoadReport, TokenStep, cancelled
 
 ASSISTANT = 173781  # the token "assistant"
 
@@ -64,11 +63,14 @@ class ReplayBackend:
         if not self.segments:
             raise ValueError(f"the recording {str(source)!r} holds no model output")
         self.position = 0
+        # A recording holds token ids only: no logprobs, routing or sinks, and nothing to cache.
+        self.capabilities = Capabilities()
         name = f"replay:{source}"
         self.report = LoadReport(
             model=name, kind="replay", path=str(self.path or "<text>"), device="none (recorded)",
             dtype="-", moe_path="replay", attn_implementation="-", params=0, memory_bytes=0,
             load_seconds=time.perf_counter() - t0,
+            engine="replay",
             notes=[f"a recorded completion ({sum(map(len, self.segments))} tokens in {len(self.segments)} stretches), "
                    "not a model: tool calls in it run for real" + (f"; paced at {tps:g} tokens/s" if tps else "")],
         )
@@ -80,10 +82,9 @@ class ReplayBackend:
     def exhausted(self) -> bool:
         return self.position >= len(self.segments)
 
-    def rewind(self) -> None:
+    def reset(self) -> None:
+        """Start the recording again from its first stretch."""
         self.position = 0
-
-    reset_cache = rewind
 
     def stream(
         self,

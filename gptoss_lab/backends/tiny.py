@@ -16,7 +16,7 @@ from .mxfp4 import quantize
 
 MARKER = "gptoss_lab.json"  # says what made the checkpoint; load() puts it in its report
 MODULES_NOT_CONVERTED = ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]
-GENERATION_CONFIG = {"bos_token_id": 199998, "eos_token_id": [200002, 199999, 200012], "pad_token_id": 199999}
+GENERATION_CONFIG: dict[str, Any] = {"bos_token_id": 199998, "eos_token_id": [200002, 199999, 200012], "pad_token_id": 199999}
 
 
 def tiny_config(

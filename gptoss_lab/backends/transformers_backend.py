@@ -13,54 +13,16 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import ModelDoesNotFitError
 from ..harmony.events import CALL, RETURN
-from .base import Cancel, Routing, TokenStep, cancelled
-from .plan import MoePlan, detect_device, fit_message, gb, plan_moe
+from .base import Cancel, Capabilities, LoadReport, Routing, TokenStep, cancelled
+from .plan import MoePlan, detect_device, fit_message, plan_moe
 from .presets import preset_for, size_of
 from .source import Source, download, read_config, resolve
 
 STOP_TOKENS = frozenset({RETURN, CALL})
-
-
-@dataclass
-class LoadReport:
-    """What ran: device, dtype, MoE path, attention, size, time, and a note for every fallback."""
-
-    model: str
-    kind: str  # "nano", "tiny", "local", "hub"
-    path: str
-    device: str
-    dtype: str
-    moe_path: str
-    attn_implementation: str
-    params: int
-    memory_bytes: int
-    load_seconds: float
-    notes: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def __str__(self) -> str:
-        lines = [
-            f"model      {self.model} ({self.kind}: {self.path})",
-            f"device     {self.device}",
-            f"dtype      {self.dtype}",
-            f"moe_path   {self.moe_path}",
-            f"attention  {self.attn_implementation}",
-            f"params     {self.params / 1e9:.3f} B" if self.params >= 1e8 else f"params     {self.params / 1e6:.1f} M",
-            f"memory     {gb(self.memory_bytes)}" if self.memory_bytes >= 1e8 else f"memory     {self.memory_bytes / 1e6:.1f} MB",
-            f"loaded in  {self.load_seconds:.1f} s",
-        ]
-        lines += [f"note       {n}" for n in self.notes]
-        return "\n".join(lines)
-
-    def _repr_markdown_(self) -> str:
-        return "```text\n" + str(self) + "\n```"
 
 
 class _LibraryMessages(logging.Handler):
@@ -156,6 +118,7 @@ def load(
         memory_bytes=int(hf_model.get_memory_footprint()),
         load_seconds=time.perf_counter() - t0,
         notes=notes,
+        engine="transformers",
     )
     return TransformersBackend(hf_model, report)
 
@@ -181,7 +144,7 @@ def _from_pretrained(
     kwargs["device_map"] = "auto" if dev.type == "cuda" and dev.count > 1 else {"": "cuda" if dev.type == "cuda" else "cpu"}
     quantized = (config.get("quantization_config") or {}).get("quant_method") == "mxfp4"
     if quantized and plan.moe_path != "mxfp4-kernels":
-        from transformers import Mxfp4Config
+        from transformers.utils.quantization_config import Mxfp4Config
 
         # Say it ourselves, with the reason, instead of letting transformers fall back on its own.
         kwargs["quantization_config"] = Mxfp4Config(dequantize=True)
@@ -193,16 +156,18 @@ def _from_pretrained(
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             kwargs["output_loading_info"] = True
+            loaded: Any  # (model, loading info) with output_loading_info
             try:
-                model, info = AutoModelForCausalLM.from_pretrained(str(source.path), attn_implementation=wanted, **kwargs)
+                loaded = AutoModelForCausalLM.from_pretrained(str(source.path), attn_implementation=wanted, **kwargs)
             except Exception as e:  # the attention kernel could not be had: eager attention still works
                 if wanted == "eager" or attn is not None:
                     raise
                 handler.messages.append(f"attention kernel {wanted} unavailable ({type(e).__name__}: {e}); using eager")
                 wanted = "eager"
-                model, info = AutoModelForCausalLM.from_pretrained(str(source.path), attn_implementation=wanted, **kwargs)
+                loaded = AutoModelForCausalLM.from_pretrained(str(source.path), attn_implementation=wanted, **kwargs)
     finally:
         tf_logger.removeHandler(handler)
+    model, info = loaded
     said = [_plain(m) for m in handler.messages if "LOAD REPORT" not in m]
     said += [str(w.message) for w in caught if "gpt" in str(w.message).lower() or "mxfp4" in str(w.message).lower()]
     missing = sorted(info.get("missing_keys") or [])
@@ -252,6 +217,16 @@ class TransformersBackend:
     def __init__(self, model: Any, report: LoadReport):
         self.model = model
         self.report = report
+        config = model.config
+        self.capabilities = Capabilities(
+            logprobs=True,
+            routing=True,
+            # the sinks' share is read from the attention weights, which only eager attention returns
+            sinks=config._attn_implementation == "eager",
+            prefix_cache=True,
+            context_length=getattr(config, "max_position_embeddings", None),
+            experts=getattr(config, "num_local_experts", None),
+        )
         self.stop_tokens = STOP_TOKENS
         self._cache: Any = None
         self._cache_ids: list[int] = []
@@ -269,7 +244,8 @@ class TransformersBackend:
     def device(self) -> Any:
         return self.model.device
 
-    def reset_cache(self) -> None:
+    def reset(self) -> None:
+        """Forget the cached prefix: the next stream prefills its whole prompt."""
         self._cache, self._cache_ids = None, []
 
     # -- the forward passes -------------------------------------------------------------------------
@@ -286,7 +262,7 @@ class TransformersBackend:
                     logits_to_keep=1,  # never materialise (T, 201088) logits for a long prompt
                 )
         except BaseException:
-            self.reset_cache()  # a half-updated cache would silently give wrong output next time
+            self.reset()  # a half-updated cache would silently give wrong output next time
             raise
         self._cache_ids.extend(ids)
         return out.logits[0, -1]
@@ -347,11 +323,6 @@ class TransformersBackend:
             for i, layer in enumerate(self.model.model.layers)
         ]
 
-    @property
-    def exposes_sinks(self) -> bool:
-        """Whether the attention returns its weights, from which the sinks' share is read (eager does)."""
-        return self.model.config._attn_implementation == "eager"
-
     def _sink_hooks(self, store: dict[int, tuple[float, ...]]) -> list[Any]:
         def make(i: int) -> Any:
             def hook(module: Any, args: tuple, output: Any) -> None:
@@ -396,7 +367,7 @@ class TransformersBackend:
             raise RuntimeError("this model is already streaming; finish or close that stream first")
         store: dict[int, tuple[tuple[int, ...], tuple[float, ...]]] = {}
         sink_store: dict[int, tuple[float, ...]] = {}
-        sinks = sinks and self.exposes_sinks
+        sinks = sinks and self.capabilities.sinks
         hooks: list[Any] = []
         try:
             hooks += self._routing_hooks(store) if routing else []

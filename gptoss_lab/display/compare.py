@@ -41,7 +41,8 @@ class Comparison(dict):
                 "seconds": round(r.seconds, 2),
                 "final": r.final,
                 "stop_reason": r.stop_reason,
-                "expert_load_distance": None if r is base or not tokens else load_distance(base.expert_load(), r.expert_load()),
+                "expert_load_distance": None if base is None or r is base or not tokens
+                else load_distance(base.expert_load(), r.expert_load()),
             })
         return out
 

@@ -32,8 +32,8 @@ class HarmonyPanel(anywidget.AnyWidget):
     _esm = Path(__file__).with_name("panel.js")
     _css = Path(__file__).with_name("panel.css")
     header = traitlets.Dict().tag(sync=True)
-    messages = traitlets.List().tag(sync=True)
-    errors = traitlets.List().tag(sync=True)
+    messages: traitlets.List[dict[str, Any]] = traitlets.List().tag(sync=True)
+    errors: traitlets.List[dict[str, Any]] = traitlets.List().tag(sync=True)
 
     def __init__(self, header: dict[str, Any] | None = None, **kwargs: Any):
         super().__init__(header={"status": "running", **(header or {})}, **kwargs)

@@ -1,6 +1,10 @@
-"""The transcript JSON of DESIGN.md, built from parser events.
+"""The transcript JSON of DESIGN.md, built in one place: :class:`TranscriptBuilder`.
 
 ``{"format": "gptoss-lab.transcript/1", "messages": [...], "complete": bool, "errors": [...], ...}``
+
+The builder is an event sink. ``gptoss-lab parse`` feeds it one parse; the session feeds it a whole
+turn: the user's message, each round of the model's output (parser events), and the tools' replies.
+Error positions index the turn's generated tokens across all its rounds, as ``tokens`` does.
 """
 
 from __future__ import annotations
@@ -8,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .events import Event, Malformed, MessageDone, ParsedMessage, TurnDone
+from .events import Event, Malformed, MessageDone, ParsedMessage, ToolCall, TurnDone
 
 FORMAT = "gptoss-lab.transcript/1"
 
@@ -26,18 +30,29 @@ def message_dict(message: Any) -> dict[str, Any]:
 
 
 class TranscriptBuilder:
-    """An event sink that collects a transcript: finished messages, errors and how the output ended."""
+    """Collects a transcript: messages in order, errors, which messages were cut, how the output ended.
+
+    ``offset`` is added to every error's ``token_index``: the session sets it to the number of tokens
+    generated in the turn's earlier rounds, so that positions index the whole turn's tokens.
+    """
 
     def __init__(self) -> None:
-        self.messages: list[ParsedMessage] = []
+        self.messages: list[dict[str, Any]] = []
         self.errors: list[dict[str, Any]] = []
+        self.incomplete: list[int] = []
+        self.calls: list[tuple[int, ParsedMessage]] = []  # tool calls: (message index, the call)
         self.stop_reason: str | None = None
+        self.offset = 0
 
     def add(self, event: Event) -> None:
         if isinstance(event, MessageDone):
-            self.messages.append(event.message)
+            if event.message.incomplete:
+                self.incomplete.append(len(self.messages))
+            self.messages.append(event.message.to_dict())
+        elif isinstance(event, ToolCall):
+            self.calls.append((len(self.messages) - 1, event.message))
         elif isinstance(event, Malformed):
-            self.errors.append({"raw": event.raw, "reason": event.error, "token_index": event.token_index})
+            self.errors.append({"raw": event.raw, "reason": event.error, "token_index": event.token_index + self.offset})
         elif isinstance(event, TurnDone):
             self.stop_reason = event.reason
 
@@ -45,6 +60,16 @@ class TranscriptBuilder:
         for event in events:
             self.add(event)
         return self
+
+    def add_message(self, message: Any) -> int:
+        """A message the model did not write (the user's, a tool's reply: ``openai_harmony.Message``);
+        returns its index."""
+        self.messages.append(message_dict(message))
+        return len(self.messages) - 1
+
+    def add_user(self, text: str) -> None:
+        self.messages.append({"role": "user", "name": None, "channel": None, "recipient": None,
+                              "content_type": None, "content": text})
 
     @property
     def complete(self) -> bool:
@@ -54,15 +79,13 @@ class TranscriptBuilder:
         """The JSON-able transcript; ``extra`` keys (tokens, sampling settings, ...) are added as given."""
         out: dict[str, Any] = {
             "format": FORMAT,
-            "messages": [m.to_dict() for m in self.messages],
+            "messages": self.messages,
             "complete": self.complete,
             "errors": self.errors,
             "stop_reason": self.stop_reason,
         }
-        # A cut message is kept whole; say which one it was.
-        incomplete = [i for i, m in enumerate(self.messages) if m.incomplete]
-        if incomplete:
-            out["incomplete_messages"] = incomplete
+        if self.incomplete:  # a cut message is kept whole; say which one it was
+            out["incomplete_messages"] = list(self.incomplete)
         out.update(extra)
         return out
 

@@ -165,7 +165,8 @@ class BrowserTool:
         page = self._page_at(_int(args.get("cursor", -1), "cursor"))
         if page.kind != "page":
             raise BrowserError("cannot run `find` on a search or find results page; open a page first")
-        plain, needle, hits, i = [_plain(x) for x in page.lines], pattern.lower(), [], 0
+        plain, needle, i = [_plain(x) for x in page.lines], pattern.lower(), 0
+        hits: list[int] = []
         while i < len(plain) and len(hits) < 50:
             if needle in plain[i].lower():
                 hits.append(i)

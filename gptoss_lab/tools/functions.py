@@ -210,8 +210,10 @@ class FunctionTool:
         """
         import pydantic
 
-        if hasattr(arguments, "content") and hasattr(arguments, "recipient"):
-            return [reply(arguments, self.call(arguments.content), name=f"functions.{self.name}")]  # type: ignore[union-attr]
+        from ..harmony.events import ParsedMessage
+
+        if isinstance(arguments, ParsedMessage):  # the Tool protocol: a call message in, tool messages out
+            return [reply(arguments, self.call(arguments.content), name=f"functions.{self.name}")]
         if isinstance(arguments, str):
             text = arguments.strip() or "{}"
             try:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .base import reply
-from .sandbox import DATA_DIR, DEFAULT_TIMEOUT, SHARE_DIR, RunResult, Sandbox
+from .base import ToolReply, reply
+from .sandbox import DATA_DIR, DEFAULT_TIMEOUT, SHARE_DIR, Sandbox
 
 if TYPE_CHECKING:
-    from openai_harmony import Message, ToolNamespaceConfig
+    from openai_harmony import ToolNamespaceConfig
 
     from ..harmony.events import ParsedMessage
 
@@ -58,7 +58,6 @@ class PythonTool:
 
     def __init__(self, sandbox: Sandbox | None = None, **sandbox_options: Any):
         self.sandbox = sandbox if sandbox is not None else Sandbox(**sandbox_options)
-        self.last: RunResult | None = None
 
     def matches(self, recipient: str) -> bool:
         return recipient == "python"
@@ -69,12 +68,14 @@ class PythonTool:
     def system_config(self) -> ToolNamespaceConfig:
         return python_namespace(self.sandbox.timeout, self.sandbox.shares)
 
-    def call(self, message: ParsedMessage) -> list[Message]:
-        self.last = None  # a failed run must not show the previous run's images
+    def call(self, message: ParsedMessage) -> ToolReply:
         result = self.sandbox.run(message.content)
-        self.last = result
         text = result.text if result.text.strip() else "[no output]"
-        return [reply(message, text, name="python")]
+        return ToolReply((reply(message, text, name="python"),), tuple(result.outputs))
+
+    def interrupt(self) -> None:
+        """Stop the code running now (the turn was stopped); a kernel that does not yield is restarted."""
+        self.sandbox.interrupt()
 
     def close(self) -> None:
         self.sandbox.close()
