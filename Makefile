@@ -3,7 +3,7 @@
 #   make install   .venv with the pinned CPU torch (on a machine without an NVIDIA GPU), the package in
 #                  editable mode with its test extras, and as root the system packages the tests use.
 #                  A fast no-op when nothing changed.
-#   make test      install + every test
+#   make test      install + ruff, mypy and every test (all tiers: unit, kernel, sandbox, browser)
 #   make lab       install + JupyterLab on the quickstart notebook
 #   make bench     install + the benchmarks (figures printed, ratios measured side by side)
 #   make nano      install + train gpt-oss-nano from scratch into gptoss_lab/models/nano (about 90 min
@@ -54,6 +54,7 @@ $(STAMP): pyproject.toml Makefile
 
 test: install
 	$(PY) -m ruff check gptoss_lab tests benchmarks nano
+	$(PY) -m mypy gptoss_lab
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 LAB_ARGS ?=

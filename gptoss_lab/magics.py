@@ -183,7 +183,9 @@ class GptossMagics(Magics):
                          f"reasoning {self.chat.reasoning}; tools: {', '.join(self.chat.toolbox.names()) or 'none'}")
             python = self.tools.get("python")
             if python is not None:
-                lines.append(f"python sandbox: {python.sandbox.isolation}, {', '.join(python.sandbox.limits_enforced)}")
+                report = python.sandbox.report
+                lines.append(f"python sandbox: {report.isolation}")
+                lines += [f"  {k}: {v}" for k, v in report.layers.items()]
         print("\n".join(lines))
 
     def _reset(self, args: list[str]) -> None:

@@ -26,7 +26,7 @@ from typing import Any, Literal
 from gptoss_lab.harmony import conversation as conv
 from gptoss_lab.harmony.events import RETURN, START
 from gptoss_lab.tools.functions import tool
-from gptoss_lab.tools.python_tool import python_namespace
+from gptoss_lab.tools.python_tool import DEFAULT_DISK_LIMIT, python_namespace
 
 EFFORTS = ("low", "medium", "high")
 
@@ -119,7 +119,8 @@ def weather_reply(city: str, temperature: int, with_unit: bool) -> str:
 def header(effort: str, date: str, python: bool, weather: int) -> list[Any]:
     """System (and developer) messages as :meth:`gptoss_lab.Chat.header_messages` builds them."""
     system = conv.system_message(
-        reasoning=effort, current_date=date, builtin_tools=[python_namespace()] if python else []
+        reasoning=effort, current_date=date,
+        builtin_tools=[python_namespace(disk_limit=DEFAULT_DISK_LIMIT)] if python else [],
     )
     out = [system]
     if weather:

@@ -21,6 +21,23 @@ VECTORS = REPO.parent / "shared" / "harmony-vectors"
 sys.path.insert(0, str(REPO))
 
 
+# The tiers (pyproject.toml registers them): `make test` and CI run all of them; `pytest -m unit` is
+# the fast loop (no kernel, no sandbox, no browser). A module is in the tier of the heaviest thing it runs.
+TIERS = {
+    "browser": {"test_lab_ui"},
+    "kernel": {"test_notebook", "test_quickstart", "test_magics"},
+    "sandbox": {"test_sandbox", "test_sandbox_dos", "test_sandbox_hostile", "test_sandbox_unprivileged",
+                "test_session", "test_nano"},
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        tier = next((t for t, mods in TIERS.items() if module in mods), "unit")
+        item.add_marker(getattr(pytest.mark, tier))
+
+
 @pytest.fixture(scope="session")
 def enc():
     import gptoss_lab
@@ -55,3 +72,12 @@ def ipython_shell():
     from IPython.testing.globalipapp import start_ipython
 
     return start_ipython() or get_ipython()
+
+
+@pytest.fixture
+def root() -> None:
+    """The bwrap+uid tier (a uid of the sandbox's own, lent folders) exists only for root."""
+    if os.getuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("CI runs as root: the bwrap+uid tier's tests need it")
+        pytest.skip("needs root: the bwrap+uid tier (run make test as root, as CI does)")
