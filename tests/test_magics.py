@@ -152,3 +152,36 @@ def test_ask_streams_labelled_channels(tmp_path):
     bad = subprocess.run([str(Path(sys.executable).with_name("gptoss-lab")), "ask", "x", "--model", "replay:/nope"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_reset_load_compare_and_a_second_turn_wait_for_a_running_turn(ip, tmp_path):
+    slow = tmp_path / "slow.txt"
+    slow.write_text("<|channel|>analysis<|message|>" + "think " * 400 + "<|end|>"
+                    "<|start|>assistant<|channel|>final<|message|>done<|return|>", encoding="utf-8")
+    ip.run_line_magic("gptoss", f"load replay:{slow} --tps 100")
+    cell(ip, "--new", "warm up")  # the conversation exists
+    magics = ip._gptoss_lab_magics
+    magics.model.reset()
+    running = magics.chat.start("a turn still running (as after Stop, winding down)")
+    try:
+        for line in ("reset", f"load replay:{slow}", 'compare "hi" --efforts low'):
+            with pytest.raises(UsageError, match="turn is still running"):
+                ip.run_line_magic("gptoss", line)
+        with pytest.raises(UsageError, match="turn is still running"):
+            cell(ip, "", "another")
+    finally:
+        running.stop()
+        running.wait()
+        running.thread.join(5)
+    ip.run_line_magic("gptoss", "reset")  # fine once it has ended
+    ip.run_line_magic("gptoss", f"load replay:{ip.user_ns['REC']}")
+
+
+def test_reset_forgets_the_models_cached_prefix(ip, tmp_path):
+    ip.run_line_magic("gptoss", "load tiny")
+    cell(ip, "--new --max-tokens 4", "hello")
+    magics = ip._gptoss_lab_magics
+    assert magics.model._cache_ids  # the prefix cache holds the turn
+    ip.run_line_magic("gptoss", "reset")
+    assert magics.model._cache_ids == [] and magics.model._cache is None
+    ip.run_line_magic("gptoss", f"load replay:{ip.user_ns['REC']}")

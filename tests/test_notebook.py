@@ -183,3 +183,68 @@ def test_the_panels_stop_button_is_heard_while_the_cell_runs(kernel, tmp_path):
     assert header_status[-1] == "stopped"
     assert value(kc, "halted.stop_reason") == "'stopped'"
     assert value(kc, "len(halted.messages[1]['content']) < 2000 * 5")  == "True"  # cut short
+
+
+SLEEPER = (  # written for this test in the Harmony format (not model output)
+    "<|channel|>analysis<|message|>Sleep in python.<|end|>"
+    "<|start|>assistant<|channel|>analysis to=python code<|message|>import time\ntime.sleep(60)<|call|>"
+    "<|start|>assistant<|channel|>final<|message|>Slept.<|return|>"
+)
+
+
+def test_the_kernels_interrupt_stops_a_turn_while_python_runs(kernel, tmp_path):
+    km, kc = kernel
+    rec = tmp_path / "sleeper.txt"
+    rec.write_text(SLEEPER, encoding="utf-8")
+    execute(kc, f"%gptoss load replay:{rec}")
+    sent = {}
+
+    def interrupt(elapsed):
+        if elapsed > 3 and "at" not in sent:  # the sandbox is sleeping by now
+            sent["at"] = time.monotonic()
+            km.interrupt_kernel()
+
+    reply, msgs = execute(kc, "%%gptoss --new --tools python -o slept\nSleep a minute.", during=interrupt)
+    assert time.monotonic() - sent["at"] < 3  # within 2 s of the interrupt, and the display
+    assert reply["content"]["status"] == "ok"
+    assert value(kc, "slept.stop_reason") == "'stopped'"
+    assert value(kc, "[m['recipient'] for m in slept.messages].count('python')") == "1"  # the call is kept
+    assert value(kc, "'interrupted' in slept.tool_results[0].text") == "True"
+    assert value(kc, "2 + 2") == "4"
+
+
+def test_the_panels_stop_button_stops_a_turn_while_python_runs(kernel, tmp_path):
+    km, kc = kernel
+    rec = tmp_path / "sleeper2.txt"
+    rec.write_text(SLEEPER, encoding="utf-8")
+    execute(kc, f"%gptoss load replay:{rec}")
+    msg_id = kc.execute("%%gptoss --new --tools python -o halted_tool\nSleep a minute.")
+    comm_id = stop_sent = None
+    t0 = time.monotonic()
+    while True:
+        msg = kc.get_iopub_msg(timeout=30)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        kind, content = msg["msg_type"], msg["content"]
+        if kind == "comm_open" and content["data"]["state"].get("_esm"):
+            comm_id = content["comm_id"]
+        if comm_id and stop_sent is None and time.monotonic() - t0 > 3:
+            stop = kc.session.msg("comm_msg", {"comm_id": comm_id, "data": {"method": "custom", "content": {"type": "stop"}}})
+            kc.shell_channel.send(stop)
+            stop_sent = time.monotonic()
+        if kind == "status" and content["execution_state"] == "idle":
+            break
+        assert time.monotonic() - t0 < 60
+    assert stop_sent is not None and time.monotonic() - stop_sent < 3
+    assert value(kc, "halted_tool.stop_reason") == "'stopped'"
+
+
+def test_cell_options_are_expanded_as_ipython_expands_a_magics_line(kernel, tmp_path):
+    km, kc = kernel
+    rec = tmp_path / "short.txt"
+    rec.write_text("<|channel|>final<|message|>ok<|return|>", encoding="utf-8")
+    execute(kc, f"%gptoss load replay:{rec}")
+    execute(kc, "s = 41\nname = 'seeded'")
+    reply, _ = execute(kc, "%%gptoss --new --seed {s + 1} -o $name\nhi")
+    assert reply["content"]["status"] == "ok", reply["content"]
+    assert value(kc, "seeded.transcript['sampling']['seed']") == "42"
