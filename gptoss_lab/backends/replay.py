@@ -1,7 +1,9 @@
 """The replay backend: a recorded raw completion streamed as if a model wrote it.
 
 ``%gptoss load replay:PATH [--tps N]``. The recording is what a server prints (special tokens written
-out): the model's output, and possibly the tool replies and user messages between its turns. Each
+out): the model's output, and possibly the tool replies and user messages between its turns. It may
+open with comment lines starting with ``#`` and a blank line, saying what it is and where it came
+from (hand-written, or recorded from which model): they are shown in the report, never replayed. Each
 ``stream()`` call yields the model's next stretch of output, up to and including its stop token
 (``<|call|>`` or ``<|return|>``); tool replies and user messages in the recording are skipped, since
 the tools run for real. It serves demos, tests, and sharing a GPU run with CPU-only readers.
@@ -18,6 +20,19 @@ from ..harmony.parser import strip_file_newline
 from .base import Cancel, Capabilities, LoadReport, TokenStep, cancelled
 
 ASSISTANT = 173781  # the token "assistant"
+
+
+def split_header(text: str) -> tuple[list[str], str]:
+    """A recording's opening comment lines (``# ...`` up to a blank line) and the completion after them."""
+    lines = text.split("\n")
+    if not lines or not lines[0].startswith("#"):
+        return [], text
+    for i, line in enumerate(lines):
+        if not line.strip():
+            if all(x.startswith("#") for x in lines[:i]):
+                return [x.lstrip("#").strip() for x in lines[:i]], "\n".join(lines[i + 1:])
+            break
+    return [], text
 
 
 def segments(tokens: Sequence[int]) -> list[list[int]]:
@@ -57,6 +72,7 @@ class ReplayBackend:
                 text = Path(source).read_text(encoding="utf-8")
             except OSError as e:
                 raise FileNotFoundError(f"cannot read the recording {str(source)!r}: {e.strerror or e}") from e
+        header, text = split_header(text)
         text = strip_file_newline(text)
         self.tps = tps
         self.segments = segments(encoding().encode(text, allowed_special="all"))
@@ -71,7 +87,7 @@ class ReplayBackend:
             dtype="-", moe_path="replay", attn_implementation="-", params=0, memory_bytes=0,
             load_seconds=time.perf_counter() - t0,
             engine="replay",
-            notes=[f"a recorded completion ({sum(map(len, self.segments))} tokens in {len(self.segments)} stretches), "
+            notes=([" ".join(header)] if header else []) + [f"a recorded completion ({sum(map(len, self.segments))} tokens in {len(self.segments)} stretches), "
                    "not a model: tool calls in it run for real" + (f"; paced at {tps:g} tokens/s" if tps else "")],
         )
 
