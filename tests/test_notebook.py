@@ -153,12 +153,11 @@ def test_kernel_interrupt_stops_and_keeps_the_partial_transcript(kernel, tmp_pat
     assert value(kc, "2 + 2") == "4"  # the kernel stays usable
 
 
-def test_the_panels_stop_button_is_heard_while_the_cell_runs(kernel, tmp_path):
-    km, kc = kernel
-    rec = tmp_path / "stop.txt"
-    long_recording(rec, 2000)
-    execute(kc, f"%gptoss load replay:{rec} --tps 50")
-    msg_id = kc.execute("%%gptoss --new -o halted\nthink slowly")
+def press_stop(kc, code, *, after_output=False, after_seconds=0.0):
+    """Run ``code`` and send what the panel's Stop button sends, from the front end, while the cell
+    still runs: at the first live update, or ``after_seconds``. Returns (seconds from Stop to the
+    cell's end, the panel header's statuses)."""
+    msg_id = kc.execute(code)
     comm_id = stop_sent = None
     header_status = []
     t0 = time.monotonic()
@@ -169,8 +168,8 @@ def test_the_panels_stop_button_is_heard_while_the_cell_runs(kernel, tmp_path):
         kind, content = msg["msg_type"], msg["content"]
         if kind == "comm_open" and content["data"]["state"].get("_esm"):
             comm_id = content["comm_id"]
-        elif kind == "comm_msg" and content["data"].get("method") == "custom" and stop_sent is None:
-            # What the Stop button sends, from the front end, while the cell is still running.
+        live = kind == "comm_msg" and content["data"].get("method") == "custom"
+        if comm_id and stop_sent is None and (live if after_output else time.monotonic() - t0 > after_seconds):
             stop = kc.session.msg("comm_msg", {"comm_id": comm_id, "data": {"method": "custom", "content": {"type": "stop"}}})
             kc.shell_channel.send(stop)
             stop_sent = time.monotonic()
@@ -179,7 +178,17 @@ def test_the_panels_stop_button_is_heard_while_the_cell_runs(kernel, tmp_path):
         elif kind == "status" and content["execution_state"] == "idle":
             break
         assert time.monotonic() - t0 < 60
-    assert stop_sent is not None and time.monotonic() - stop_sent < 3
+    assert stop_sent is not None
+    return time.monotonic() - stop_sent, header_status
+
+
+def test_the_panels_stop_button_is_heard_while_the_cell_runs(kernel, tmp_path):
+    km, kc = kernel
+    rec = tmp_path / "stop.txt"
+    long_recording(rec, 2000)
+    execute(kc, f"%gptoss load replay:{rec} --tps 50")
+    took, header_status = press_stop(kc, "%%gptoss --new -o halted\nthink slowly", after_output=True)
+    assert took < 3
     assert header_status[-1] == "stopped"
     assert value(kc, "halted.stop_reason") == "'stopped'"
     assert value(kc, "len(halted.messages[1]['content']) < 2000 * 5")  == "True"  # cut short
@@ -218,24 +227,8 @@ def test_the_panels_stop_button_stops_a_turn_while_python_runs(kernel, tmp_path)
     rec = tmp_path / "sleeper2.txt"
     rec.write_text(SLEEPER, encoding="utf-8")
     execute(kc, f"%gptoss load replay:{rec}")
-    msg_id = kc.execute("%%gptoss --new --tools python -o halted_tool\nSleep a minute.")
-    comm_id = stop_sent = None
-    t0 = time.monotonic()
-    while True:
-        msg = kc.get_iopub_msg(timeout=30)
-        if msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        kind, content = msg["msg_type"], msg["content"]
-        if kind == "comm_open" and content["data"]["state"].get("_esm"):
-            comm_id = content["comm_id"]
-        if comm_id and stop_sent is None and time.monotonic() - t0 > 3:
-            stop = kc.session.msg("comm_msg", {"comm_id": comm_id, "data": {"method": "custom", "content": {"type": "stop"}}})
-            kc.shell_channel.send(stop)
-            stop_sent = time.monotonic()
-        if kind == "status" and content["execution_state"] == "idle":
-            break
-        assert time.monotonic() - t0 < 60
-    assert stop_sent is not None and time.monotonic() - stop_sent < 3
+    took, _ = press_stop(kc, "%%gptoss --new --tools python -o halted_tool\nSleep a minute.", after_seconds=3)
+    assert took < 3
     assert value(kc, "halted_tool.stop_reason") == "'stopped'"
 
 
