@@ -182,12 +182,22 @@ class Sandbox:
         return k
 
     def _current(self) -> Kernel:
-        """The kernel to run in, started if need be; a spare is started once it is ready."""
+        """The kernel to run in, started if need be."""
         if self._kernel is None:
             self._kernel = self._new_kernel(background=False)
-        if self.spare and self._spare is None and self._kernel.ready.is_set():
-            self._spare = self._new_kernel(background=True)
         return self._kernel
+
+    def _start_spare(self) -> None:
+        """Once the kernel is ready, start the spare (never while a run is starting or restarting)."""
+        kernel = self._kernel
+        if not self.spare or self._spare is not None or kernel is None or not kernel.ready.is_set():
+            return
+        if self._lock.acquire(blocking=False):
+            try:
+                if self._spare is None and not self.closed:
+                    self._spare = self._new_kernel(background=True)
+            finally:
+                self._lock.release()
 
     def _restart(self, kernel: Kernel) -> None:
         """Replace ``kernel`` (killed now) by the spare, or by a new one starting in the background."""
@@ -222,6 +232,7 @@ class Sandbox:
         # The CPU budget holds for everything the kernel started, between runs too: a child that
         # respawns itself or a thread that swallowed the interrupt is killed when it is spent.
         while not self._watch_stop.wait(WATCH_SECONDS):
+            self._start_spare()
             kernel = self._kernel
             if kernel is None or kernel.killed_for is not None or not kernel.ready.is_set():
                 continue
