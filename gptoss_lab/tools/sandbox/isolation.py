@@ -480,7 +480,9 @@ def bwrap_argv(tier: str, layout: Layout, tmp_bytes: int, command: list[str]) ->
         argv += ["--bind" if m == "rw" else "--ro-bind", str(p), f"{SHARE_DIR}/{p.name}"]
     if layout.seccomp_fd is not None:
         argv += ["--seccomp", str(layout.seccomp_fd)]
-    argv += ["--chdir", DATA_DIR, "--clearenv"]
+    # bwrap's root is a tmpfs the sandbox's user owns in a user namespace: read-only, so that only
+    # /mnt/data, /tmp and the shares take writes (each bounded), not /, /etc, /var...
+    argv += ["--remount-ro", "/", "--chdir", DATA_DIR, "--clearenv"]
     for k, v in sandbox_env(tier, DATA_DIR).items():
         argv += ["--setenv", k, v]
     return argv + ["--"] + command
