@@ -306,9 +306,9 @@ class Sandbox:
             if got:
                 self._lock.release()
         self._remove_outward_links()
+        self._work.close()  # its unmounts are written in the lease's journal: before the lease goes
         if self._lease is not None:
             self._lease.release()
-        self._work.close()
 
     def __enter__(self) -> Sandbox:
         return self
@@ -373,10 +373,12 @@ class Sandbox:
         return None, "no kernel"
 
     def _execute(self, kernel: Kernel, code: str, timeout: float, started: float) -> RunResult:
-        client = kernel.client
-        drain(client.iopub_channel)
-        drain(client.shell_channel)
-        msg_id = client.execute(code, store_history=False, allow_stdin=False)
+        relay = kernel.client
+        assert relay is not None
+        drain(relay)
+        msg_id = relay.send("shell", "execute_request", {"code": code, "silent": False, "store_history": False,
+                                                         "user_expressions": {}, "allow_stdin": False,
+                                                         "stop_on_error": True})
         reader = Reader(msg_id, self.max_output_chars)
         deadline = time.monotonic() + timeout
         state = {"at": 0.0, "user": False}
@@ -394,8 +396,15 @@ class Sandbox:
                 return "stuck"
             return None
 
-        why = collect(client, reader, stop=stop, tick=tick)
+        why = collect(relay, reader, stop=stop, tick=tick)
+        if why == "dead":
+            reader.resets = 0  # the connection went with the kernel: no news
         text, notes = reader.text, reader.notes()
+        if why == "relay":
+            self._restart(kernel)
+            return self._result(text, notes + ["the kernel sent more than the sandbox reads (its reader ran out of "
+                                               "memory): it was restarted and its state (variables, imports) was lost"],
+                                reader, error="kernel output too large", restarted=True)
         if why == "dead":
             reason = kernel.dead()
             self._restart(kernel)
@@ -409,11 +418,12 @@ class Sandbox:
                                                "and its state (variables, imports) was lost"], reader,
                                 error="interrupted" if state["user"] else "timeout", timed_out=not state["user"],
                                 restarted=True)
-        if why is None and not reader.seen:
+        if why is None and (not reader.seen or (reader.resets and not reader.idle)):
             # The reply came, but not one message of this run on IOPub (not even its busy status): the
             # kernel's output is broken (its IOPub thread died, or a flood drowns it) and will stay so.
             self._restart(kernel)
-            notes.append("no output of this run arrived from the kernel (its output channel failed): it was "
+            notes = [n for n in notes if "was reset" not in n]
+            notes.append("the kernel's output channel failed (this run's output stopped arriving): it was "
                          "restarted and its state (variables, imports) was lost")
             return self._result(text, notes, reader, error="kernel output lost", restarted=True)
         if reader.flooded:

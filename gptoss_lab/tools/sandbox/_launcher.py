@@ -51,9 +51,26 @@ MAX = int(spec.get("max_message_bytes", 4 * 2**20)) // 2
 _send = Session.send
 
 
+def _valid(value):
+    # A lone surrogate ('\ud800') cannot be sent as UTF-8: the message would be lost with everything
+    # printed beside it, and the model would read the kernel's own traceback instead.
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        return value
+    if isinstance(value, dict):
+        return {_valid(k): _valid(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_valid(v) for v in value]
+    return value
+
+
 def _shrink(msg_type, content):
     if not isinstance(content, dict):
         return content
+    content = _valid(content)
     if msg_type == "stream" and isinstance(content.get("text"), str) and len(content["text"]) > MAX:
         text = content["text"]
         cut = len(text) - MAX

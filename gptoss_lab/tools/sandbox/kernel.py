@@ -1,11 +1,12 @@
 """One sandbox kernel's life: start, connect, interrupt, and a shutdown that escalates (a shutdown
-request, then SIGTERM, then SIGKILL), with every socket to it bounded.
+request, then SIGTERM, then SIGKILL), with what it sends bounded before the user's kernel sees it.
 
-The parent reads the kernel with a ZMQ client whose sockets refuse messages over
-``MAX_MESSAGE_BYTES`` and queue at most ``QUEUE_MESSAGES`` per channel: whatever the code in the
-kernel sends, and whenever it sends it (after ``run()`` returned too), the user's own kernel holds at
-most a few hundred MB of it. The connection file lives in a folder the sandbox cannot reach; the
-sockets in a fresh folder per start, on the sandbox's bounded tmpfs.
+The parent never holds a ZMQ socket to the kernel: a relay process of its own (``_relay.py``, under
+a memory limit) reads the kernel's sockets and writes the parent one bounded JSON line per message of
+the request being run, counts for the rest. Whatever the code in the kernel sends, and whenever it
+sends it (after ``run()`` returned too), the user's kernel holds at most a few lines of it; a relay
+that runs out of memory dies, and the kernel is restarted. The connection spec lives in no folder the
+sandbox can reach; the sockets in a fresh folder per start, on a tmpfs of their own.
 """
 
 from __future__ import annotations
@@ -64,37 +65,88 @@ def spawn(argv: list[str], *, die_with_parent: bool = False, **kwargs: Any) -> s
     return got  # type: ignore[no-any-return]
 
 
-def _client_class() -> type:
-    import zmq
-    from jupyter_client import BlockingKernelClient
+RELAY = (Path(__file__).with_name("_relay.py")).read_text()
+RELAY_MEMORY = 1024 * 2**20  # the relay's address space: past it, it dies (and the kernel is restarted)
+MAX_LINE_BYTES = 2 * MAX_MESSAGE_BYTES  # one message as JSON, escapes included
 
-    class BoundedClient(BlockingKernelClient):
-        """A kernel client whose sockets bound what they take in (size of a frame, messages queued)."""
 
-        def _create_connected_socket(self, channel: str, identity: bytes | None = None) -> Any:
-            url = self._make_url(channel)
-            sock = self.context.socket({"iopub": zmq.SUB, "shell": zmq.DEALER, "control": zmq.DEALER,
-                                        "stdin": zmq.DEALER, "hb": zmq.REQ}[channel])
-            sock.linger = 0
-            sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-            sock.setsockopt(zmq.RCVHWM, QUEUE_MESSAGES)
-            if identity:
-                sock.identity = identity
-            if channel == "iopub":
-                # ZMQ drops an oversized message by disconnecting (then reconnects): this says when.
-                self.iopub_drops = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-            sock.connect(url)
-            return sock
+class Relay:
+    """The parent's end of the relay: requests in, one event (a dict) out per line, never more at once."""
 
-        def dropped(self) -> int:
-            """How many times IOPub dropped the connection (an oversized message) since last asked."""
-            monitor, n = getattr(self, "iopub_drops", None), 0
-            while monitor is not None and monitor.poll(0):
-                monitor.recv_multipart()
-                n += 1
-            return n
+    def __init__(self, conn: dict[str, Any]):
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "MALLOC_ARENA_MAX": "1", "LANG": "C.UTF-8"}
+        self.proc = spawn([sys.executable, "-I", "-c", RELAY], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, env=env, die_with_parent=True, start_new_session=True)
+        self._buf = b""
+        self._skipping = False  # inside a line too long to keep: dropped up to its end
+        self.dead = False
+        self._write({"connection": conn, "memory_bytes": RELAY_MEMORY, "max_message_bytes": MAX_MESSAGE_BYTES,
+                     "max_line_bytes": MAX_LINE_BYTES, "queue_messages": QUEUE_MESSAGES})
 
-    return BoundedClient
+    def _write(self, doc: dict[str, Any]) -> None:
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(json.dumps(doc).encode() + b"\n")
+            self.proc.stdin.flush()
+        except (OSError, ValueError):
+            self.dead = True
+
+    def send(self, channel: str, msg_type: str, content: dict[str, Any] | None = None) -> str:
+        """Send a request; on ``shell`` the relay then forwards what answers it. Returns its msg_id."""
+        msg_id = secrets.token_hex(16)
+        self._write({"send": channel, "msg_type": msg_type, "content": content or {}, "msg_id": msg_id})
+        return msg_id
+
+    def read(self, timeout: float) -> dict[str, Any] | None:
+        """The next event, waiting up to ``timeout``; ``{"relay": "dead"}`` once the relay has gone."""
+        import select
+
+        while True:
+            line = self._line()
+            if line is not None:
+                try:
+                    doc = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(doc, dict):
+                    return doc
+                continue
+            if self.dead:
+                return {"relay": "dead"}
+            assert self.proc.stdout is not None
+            fd = self.proc.stdout.fileno()
+            if not select.select([fd], [], [], timeout)[0]:
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                self.dead = True
+                continue
+            self._buf += chunk
+            timeout = 0
+
+    def _line(self) -> bytes | None:
+        while True:
+            i = self._buf.find(b"\n")
+            if i < 0:
+                if len(self._buf) > MAX_LINE_BYTES:  # never kept whole: the relay writes shorter lines
+                    self._buf, self._skipping = b"", True
+                return None
+            line, self._buf = self._buf[:i], self._buf[i + 1:]
+            if self._skipping:
+                self._skipping = False
+                continue
+            return line
+
+    def close(self) -> None:
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                if f is not None:
+                    f.close()
+            except OSError:
+                pass
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
 
 
 @dataclass
@@ -119,7 +171,7 @@ class Kernel:
         self.n = next(_ids)
         self.ready = threading.Event()
         self.error: SandboxError | None = None
-        self.client: Any = None
+        self.client: Relay | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.group: SandboxGroup | None = None
         self._namespace: str | None = None
@@ -179,28 +231,35 @@ class Kernel:
             self._connect(parent_conn)
 
     def _connect(self, conn: dict[str, Any]) -> None:
-        client = None
+        """Ready once the kernel answers kernel_info on shell AND its IOPub reaches us (its busy status
+        for that request): a subscription still joining would lose the first run's output."""
         try:
-            client = _client_class()()
-            client.load_connection_info(conn)
-            client.start_channels(stdin=False, hb=False)
+            relay = Relay(conn)
             deadline = time.monotonic() + 60
             while True:
-                try:
-                    client.wait_for_ready(timeout=2)
+                asked = relay.send("shell", "kernel_info_request")
+                replied = published = False
+                until = time.monotonic() + 1.0
+                while time.monotonic() < until and not (replied and published):
+                    doc = relay.read(0.1)
+                    if doc is None:
+                        continue
+                    if doc.get("relay") == "dead":
+                        raise SandboxError("its reader stopped")
+                    if doc.get("parent") == asked:
+                        replied = replied or doc.get("msg_type") == "kernel_info_reply"
+                        published = published or doc.get("channel") == "iopub"
+                if replied and published:
                     break
-                except RuntimeError:
-                    if self.dead() is not None or time.monotonic() > deadline:
-                        raise
-            self.client = client
+                why = self.dead()
+                if why is not None or time.monotonic() > deadline:
+                    raise SandboxError(why or "no answer after 60 s")
+            self.client = relay
         except BaseException as e:
-            if client is not None:
-                try:
-                    client.stop_channels()
-                except Exception:
-                    pass
             why = self.dead()
             err = self._stderr() if why is not None else ""
+            if "relay" in locals():
+                relay.close()
             self.error = SandboxError(f"the sandbox kernel did not start ({why or e}) {err}".strip())
         finally:
             self.ready.set()
@@ -217,10 +276,9 @@ class Kernel:
     # -- while it runs --------------------------------------------------------------------------
 
     def interrupt(self) -> None:
-        """Ask the kernel to interrupt its code (from the thread that reads it: sockets are not shared)."""
-        client = self.client
-        if client is not None:
-            client.control_channel.send(client.session.msg("interrupt_request", content={}))
+        """Ask the kernel to interrupt its code (from the thread that runs it)."""
+        if self.client is not None:
+            self.client.send("control", "interrupt_request")
 
     def dead(self) -> str | None:
         """Why the kernel process is gone, or None while it lives."""
@@ -305,7 +363,7 @@ class Kernel:
         proc = self.proc
         if polite and self.client is not None and proc is not None and proc.poll() is None:
             try:
-                self.client.control_channel.send(self.client.session.msg("shutdown_request", content={"restart": False}))
+                self.client.send("control", "shutdown_request", {"restart": False})
                 proc.wait(timeout=1.0)
             except Exception:
                 pass
@@ -319,13 +377,7 @@ class Kernel:
 
     def kill(self) -> None:
         if self.client is not None:
-            try:
-                self.client.stop_channels()
-                monitor = getattr(self.client, "iopub_drops", None)
-                if monitor is not None:
-                    monitor.close(linger=0)
-            except Exception:
-                pass
+            self.client.close()
             self.client = None
         proc, self.proc = self.proc, None
         if proc is not None:

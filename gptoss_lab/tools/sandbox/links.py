@@ -19,27 +19,33 @@ def _inside(path: str, root: str) -> bool:
 
 
 def outward_links(folder: Path, *, remove: bool) -> list[str]:
-    """The symlinks under ``folder`` that resolve outside it, as ``name -> target`` (removed if asked)."""
+    """The symlinks under ``folder`` that resolve outside it, as ``name -> target`` (removed if asked).
+
+    Walked with a stack of its own (a tree of any depth), for at most :data:`SCAN_SECONDS`; never raises."""
     try:
         root = os.path.realpath(folder)
-    except OSError:
+    except (OSError, ValueError):
         return []
     found: list[str] = []
     end = time.monotonic() + SCAN_SECONDS
-    for top, dirs, files in os.walk(folder, followlinks=False):
-        for name in dirs + files:
-            path = os.path.join(top, name)
-            if not os.path.islink(path):
-                continue
+    stack = [str(folder)]
+    while stack and time.monotonic() < end:
+        top = stack.pop()
+        try:
+            entries = list(os.scandir(top))
+        except OSError:
+            continue
+        for entry in entries:
             try:
-                target = os.readlink(path)
-                if _inside(os.path.realpath(path), root):
-                    continue
-                if remove:
-                    os.unlink(path)
-            except OSError:
+                if entry.is_symlink():
+                    target = os.readlink(entry.path)
+                    if _inside(os.path.realpath(entry.path), root):
+                        continue
+                    if remove:
+                        os.unlink(entry.path)
+                    found.append(f"{os.path.relpath(entry.path, folder)} -> {target}")
+                elif entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+            except (OSError, ValueError, RuntimeError):
                 continue
-            found.append(f"{os.path.relpath(path, folder)} -> {target}")
-        if time.monotonic() > end:
-            break
     return found

@@ -95,7 +95,8 @@ class Reader:
         self.seen = 0  # messages of this run (its busy and idle status at least, from a working kernel)
         self.foreign = 0  # output of earlier runs (code left running) read during this one
         self.foreign_bytes = 0
-        self.dropped = 0  # oversized messages ZMQ refused (each one a reconnect: output around it is lost)
+        self.dropped = 0  # messages too large (or of too many frames) to read: dropped by the relay
+        self.resets = 0  # the IOPub connection was reset (an oversized frame, or the kernel closed it)
 
     def take(self, msg: Any) -> None:
         try:
@@ -150,10 +151,21 @@ class Reader:
         if self.read_bytes <= MAX_READ_BYTES:
             self.text.add(text)
 
+    def count(self, counts: Any) -> None:
+        """What the relay set aside: other requests' messages, oversized and undecodable ones."""
+        if not isinstance(counts, dict):
+            return
+        get = lambda k: int(counts.get(k, 0)) if isinstance(counts.get(k, 0), int) else 0  # noqa: E731
+        self.foreign += get("foreign")
+        self.foreign_bytes += get("foreign_bytes")
+        self.dropped += get("oversized")
+        self.bad += get("undecodable")
+        self.resets += get("disconnects")
+
     @property
     def flooded(self) -> bool:
         """Code left running floods the output: the kernel is of no use until it is restarted."""
-        return self.foreign_bytes > FLOOD_BYTES or self.dropped > 3
+        return self.foreign_bytes > FLOOD_BYTES or self.dropped + self.resets > 3
 
     def notes(self) -> list[str]:
         out = []
@@ -163,8 +175,10 @@ class Reader:
         if self.read_bytes > MAX_READ_BYTES:
             out.append(f"output past {MAX_READ_BYTES >> 20} MB was not read")
         if self.dropped and not self.flooded:
-            out.append(f"{self.dropped} messages over {MAX_MESSAGE_BYTES >> 20} MB from the kernel were dropped: "
-                       "output around them may be lost")
+            out.append(f"{self.dropped} messages from the kernel were too large to read and were dropped")
+        if self.resets and not self.flooded and self.seen:
+            out.append(f"the connection for the kernel's output was reset {self.resets} times (by an oversized "
+                       "message, or by the kernel): output around it may be lost")
         if self.foreign > 100 and not self.flooded:
             out.append(f"code left running by an earlier run sent {self.foreign} messages during this one: "
                        "this run's own output may have been crowded out")
@@ -173,75 +187,38 @@ class Reader:
         return out
 
 
-DELIM = b"<IDS|MSG>"
-
-
-def receive(channel: Any, timeout: float, wanted: str | None = None) -> tuple[Any, bool]:
-    """One message from a client channel: (message or None, whether one arrived at all).
-
-    A message answering another request than ``wanted`` is recognised from its small parent header
-    alone and set aside without decoding its content (a flood of old output is skipped fast); one
-    that does not decode comes back as None with True: the caller counts it."""
-    try:
-        sock = channel.socket
-        if not sock.poll(int(timeout * 1000)):
-            return None, False
-        frames = sock.recv_multipart()
-    except Exception:
-        return None, False
-    try:
-        i = frames.index(DELIM)
-        if wanted is not None:
-            import json
-
-            parent = json.loads(frames[i + 3])  # after the signature and the header
-            if not isinstance(parent, dict) or parent.get("msg_id") != wanted:
-                return {"foreign": sum(len(f) for f in frames)}, True
-        return channel.session.deserialize(frames[i + 1:]), True
-    except Exception:  # an undecodable or unsigned message: read, and set aside
-        return None, True
-
-
-def drain(channel: Any, budget_seconds: float = 0.2) -> int:
-    """Throw away what queued while nobody read (sent after the last run, by code left running)."""
+def drain(relay: Any, budget_seconds: float = 0.2) -> None:
+    """Read away what waited since the last run (output of code left running): it is not this run's."""
     end = time.monotonic() + budget_seconds
-    n = 0
-    while time.monotonic() < end:
-        _, got = receive(channel, 0, wanted="")
-        if not got:
-            break
-        n += 1
-    return n
+    while time.monotonic() < end and relay.read(0) is not None:
+        pass
 
 
-def collect(client: Any, reader: Reader, *, stop: Callable[[], str | None], tick: Callable[[], None]) -> str | None:
-    """Read until the run is over. ``stop()`` says why to give up early (None: keep reading);
-    ``tick()`` runs between messages (interrupts, deadlines). Returns why it gave up, or None."""
+def collect(relay: Any, reader: Reader, *, stop: Callable[[], str | None], tick: Callable[[], None]) -> str | None:
+    """Read the relay's events until the run is over. ``stop()`` says why to give up early (None: keep
+    reading); ``tick()`` runs between events (interrupts, deadlines). Returns why it gave up, or None."""
     replied_at = None
     while True:
         why = stop()
         if why is not None:
             return why
         tick()
-        reader.dropped += client.dropped()
-        msg, got = receive(client.iopub_channel, 0.05, reader.msg_id)
-        if got:
-            if msg is None:
-                reader.bad += 1
-            elif "foreign" in msg:
-                reader.foreign += 1
-                reader.foreign_bytes += msg["foreign"]
-            else:
-                reader.take(msg)
+        doc = relay.read(0.05)
+        if doc is not None:
+            if doc.get("relay") == "dead":
+                return "relay"
+            if "counts" in doc:
+                reader.count(doc["counts"])
+            elif doc.get("parent") != reader.msg_id:
+                reader.foreign += 1  # forwarded for an earlier request, read after it
+            elif doc.get("channel") == "iopub":
+                reader.take({"parent_header": {"msg_id": doc["parent"]}, "msg_type": doc.get("msg_type"),
+                             "content": doc.get("content")})
+            elif doc.get("channel") == "shell" and doc.get("msg_type") == "execute_reply":
+                replied_at = replied_at or time.monotonic()
         if reader.idle:
             return None
         # The idle status can be lost (dropped past the queue bound in a flood): the reply on the
-        # shell channel says the run is over too; give iopub a moment to deliver the rest.
-        if replied_at is None:
-            reply, got = receive(client.shell_channel, 0, reader.msg_id)
-            if got and isinstance(reply, dict) and isinstance(reply.get("parent_header"), dict) \
-                    and reply["parent_header"].get("msg_id") == reader.msg_id:
-                replied_at = time.monotonic()
-        elif time.monotonic() - replied_at > 0.5:
-            reader.dropped += client.dropped()
+        # shell channel says the run is over too; give IOPub a moment to deliver the rest.
+        if replied_at is not None and time.monotonic() - replied_at > 0.5:
             return None
