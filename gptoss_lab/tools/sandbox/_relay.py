@@ -77,6 +77,40 @@ def flush_counts(force=False):
         last_counts = now
 
 
+# What the parent reads of each kind of message; everything else in a content is left here.
+FIELDS = {
+    "stream": ("name", "text"), "execute_result": ("data", "execution_count"), "display_data": ("data",),
+    "update_display_data": ("data",), "error": ("ename", "evalue", "traceback"), "status": ("execution_state",),
+    "execute_input": (), "execute_reply": ("status",), "kernel_info_reply": ("status",),
+}
+MAX_DEPTH = 32  # a rich output's JSON nested deeper is left out: the parent's decoder recurses
+
+
+def shallow(value):
+    stack = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return False
+        if isinstance(v, dict):
+            stack.extend((x, depth + 1) for x in v.values())
+        elif isinstance(v, list):
+            stack.extend((x, depth + 1) for x in v)
+    return True
+
+
+def trimmed(msg_type, content):
+    if not isinstance(content, dict):
+        return content
+    out = {k: content[k] for k in FIELDS.get(msg_type, ()) if k in content}
+    if isinstance(out.get("data"), dict):
+        out["data"] = {k: v for k, v in out["data"].items() if shallow(v)}
+    if not shallow(out):
+        counts["undecodable"] += 1
+        return {}
+    return out
+
+
 def receive(channel, sock):
     frames = sock.recv_multipart(copy=False)
     size = sum(len(f) for f in frames)
@@ -95,7 +129,8 @@ def receive(channel, sock):
     except Exception:  # unsigned, not JSON, cut: counted, never forwarded
         counts["undecodable"] += 1
         return
-    emit({"channel": channel, "msg_type": msg.get("msg_type"), "parent": watched, "content": msg.get("content")})
+    kind = msg.get("msg_type")
+    emit({"channel": channel, "msg_type": kind, "parent": watched, "content": trimmed(kind, msg.get("content"))})
 
 
 def command(line):

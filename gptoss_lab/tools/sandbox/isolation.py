@@ -16,6 +16,7 @@ import os
 import pwd
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -182,12 +183,17 @@ def _restore(uid: int, folders: dict[str, list[int]], mounts: list[str]) -> None
         subprocess.run(["umount", "-l", mount], capture_output=True, timeout=30)
     for mount in mounts:
         shutil.rmtree(Path(mount).parent if Path(mount).name == "data-mount" else mount, ignore_errors=True)
+    from .links import walk
+
     for folder, (owner, group, mode) in folders.items():
         root = Path(folder)
-        for path in [root, *root.rglob("*")] if root.exists() else []:
+        for path in walk(root, seconds=600.0):
             try:
-                if path.lstat().st_uid == uid:
+                st = os.lstat(path)
+                if st.st_uid == uid:
                     os.lchown(path, owner, group)
+                    if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o6000:
+                        os.chmod(path, st.st_mode & 0o1777)  # no set-id bits from the sandbox's files
             except OSError:
                 pass
         try:
@@ -214,7 +220,7 @@ def restore_orphaned_folders(folder: Path) -> None:
             data = json.loads(journal.read_text())
             _restore(int(data["uid"]), {k: list(v) for k, v in data["folders"].items()}, list(data.get("mounts", [])))
             journal.unlink()
-        except (OSError, ValueError, KeyError, TypeError):
+        except Exception:  # a journal that cannot be read or applied must never stop a sandbox from starting
             pass
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -456,6 +462,7 @@ def bwrap_argv(tier: str, layout: Layout, tmp_bytes: int, command: list[str]) ->
         # the user's own uid and gid, also when started inside a holder's namespace (where we are 0)
         argv += ["--unshare-user", "--disable-userns", "--uid", str(os.getuid()), "--gid", str(os.getgid())]
     argv += ["--hostname", "sandbox", "--ro-bind", "/usr", "/usr"]
+    argv += ["--perms", "0755", "--dir", "/etc", "--perms", "0755", "--dir", "/etc/ssl"]  # else bwrap makes them 0700
     for d in ("/bin", "/sbin", "/lib", "/lib64", "/lib32", "/etc/ld.so.cache", "/etc/alternatives",
               "/etc/localtime", "/etc/ssl/certs", "/etc/mime.types"):
         argv += ["--ro-bind-try", d, d]

@@ -83,13 +83,35 @@ class Relay:
         self._write({"connection": conn, "memory_bytes": RELAY_MEMORY, "max_message_bytes": MAX_MESSAGE_BYTES,
                      "max_line_bytes": MAX_LINE_BYTES, "queue_messages": QUEUE_MESSAGES})
 
-    def _write(self, doc: dict[str, Any]) -> None:
-        try:
-            assert self.proc.stdin is not None
-            self.proc.stdin.write(json.dumps(doc).encode() + b"\n")
-            self.proc.stdin.flush()
-        except (OSError, ValueError):
-            self.dead = True
+    def _write(self, doc: dict[str, Any], seconds: float = 10.0) -> None:
+        """Hand the relay a line without ever blocking for good: a relay stuck writing what nobody read
+        (output left flowing since the last run) is read meanwhile, and what it wrote is thrown away:
+        it belongs to no request of now."""
+        import select
+
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        data = memoryview(json.dumps(doc).encode() + b"\n")
+        fd_in, fd_out = self.proc.stdin.fileno(), self.proc.stdout.fileno()
+        os.set_blocking(fd_in, False)
+        deadline = time.monotonic() + seconds
+        while data and not self.dead:
+            try:
+                data = data[os.write(fd_in, data):]
+                continue
+            except BlockingIOError:
+                pass
+            except OSError:
+                self.dead = True
+                break
+            if time.monotonic() > deadline:
+                self.dead = True  # a relay that takes nothing in for this long is of no use
+                break
+            readable, _, _ = select.select([fd_out], [fd_in], [], 0.05)
+            if readable:
+                chunk = os.read(fd_out, 65536)
+                if not chunk:
+                    self.dead = True
+                self._buf, self._skipping = b"", True  # a cut line: skipped up to its end
 
     def send(self, channel: str, msg_type: str, content: dict[str, Any] | None = None) -> str:
         """Send a request; on ``shell`` the relay then forwards what answers it. Returns its msg_id."""
@@ -106,7 +128,7 @@ class Relay:
             if line is not None:
                 try:
                     doc = json.loads(line)
-                except ValueError:
+                except Exception:  # not JSON, or nested past the parser's depth (RecursionError)
                     continue
                 if isinstance(doc, dict):
                     return doc

@@ -18,6 +18,31 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
+def walk(folder: Path, *, seconds: float = SCAN_SECONDS) -> list[str]:
+    """Every path under ``folder`` (itself first), symlinks not followed, walked with a stack of its own
+    (a tree of any depth) for at most ``seconds``; never raises."""
+    out: list[str] = []
+    if not os.path.lexists(folder):
+        return out
+    out.append(str(folder))
+    end = time.monotonic() + seconds
+    stack = [str(folder)]
+    while stack and time.monotonic() < end:
+        top = stack.pop()
+        try:
+            entries = list(os.scandir(top))
+        except OSError:
+            continue
+        for entry in entries:
+            out.append(entry.path)
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+            except OSError:
+                pass
+    return out
+
+
 def outward_links(folder: Path, *, remove: bool) -> list[str]:
     """The symlinks under ``folder`` that resolve outside it, as ``name -> target`` (removed if asked).
 
