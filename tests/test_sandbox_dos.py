@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from gptoss_lab.tools.sandbox import Sandbox
-from gptoss_lab.tools.sandbox.isolation import UID_BASE, UID_SPAN
+from gptoss_lab.tools.sandbox.leases import UID_BASE, UID_SPAN
 
 REPO = Path(__file__).resolve().parent.parent
 

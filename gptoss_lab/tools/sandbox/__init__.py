@@ -37,7 +37,6 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,16 +45,17 @@ from .isolation import (
     SHARE_DIR,
     SandboxError,
     SandboxUnavailableError,
-    UidLease,
-    WorkArea,
     bwrap_works,
     choose_tier,
     limits,
     seccomp_program,
 )
-from .kernel import MAX_MESSAGE_BYTES, QUEUE_MESSAGES, Kernel, KernelPlan
+from .kernel import Kernel, KernelPlan
+from .leases import UidLease
 from .links import outward_links
-from .run import MAX_READ_BYTES, Capped, Reader, RunResult, collect, drain
+from .report import SandboxReport, describe
+from .run import Capped, Reader, RunResult, collect, drain
+from .workarea import WorkArea
 
 DEFAULT_TIMEOUT = 120.0  # seconds one run() may take
 DEFAULT_DISK_MB = 256  # the work dir's tmpfs
@@ -68,21 +68,6 @@ __all__ = [
     "DATA_DIR", "DEFAULT_DISK_MB", "DEFAULT_FILES", "DEFAULT_TIMEOUT", "SHARE_DIR", "RunResult", "Sandbox", "SandboxError", "SandboxReport",
     "SandboxUnavailableError", "bwrap_works",
 ]
-
-
-@dataclass(frozen=True)
-class SandboxReport:
-    """What isolates the sandbox, layer by layer: each says what holds here, or why it cannot."""
-
-    isolation: str
-    layers: dict[str, str] = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        width = max(map(len, self.layers), default=0)
-        return "\n".join([f"isolation  {self.isolation}"] + [f"{k:<{width}}  {v}" for k, v in self.layers.items()])
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"isolation": self.isolation, "layers": dict(self.layers)}
 
 
 class Sandbox:
@@ -248,34 +233,10 @@ class Sandbox:
 
     @property
     def report(self) -> SandboxReport:
+        """Every layer of isolation and every limit, and what holds of it here."""
         kernel = self._kernel
         groups = kernel.group.layers if kernel is not None and kernel.group is not None else {}
-        tier = self.isolation
-        layers: dict[str, str] = {}
-        if tier == "process":
-            layers["files"] = "NOT isolated: the code sees your files and network (process tier)"
-        else:
-            layers["namespaces"] = "network (none, loopback included), PID, IPC, UTS; a mount namespace " \
-                                   "with system folders, the Python installation, /mnt/data and the shares only"
-        layers["uid"] = (f"{self.uid}: its own, leased (no other sandbox has it; not an account)" if self.uid is not None
-                         else "yours, in a user namespace" if tier == "bwrap+userns" else "yours")
-        layers["user namespaces"] = ("disabled (bwrap --disable-userns)" if tier == "bwrap+userns"
-                                     else "disabled (seccomp)" if self._seccomp is not None and tier == "bwrap+uid"
-                                     else "available inside: no seccomp filter here")
-        layers["seccomp"] = self._seccomp_note
-        layers["memory"] = (f"{self.memory_mb} MB resident ({groups['memory']}); " if "memory" in groups
-                            else "no writable memory cgroup: ") + f"address space {self.memory_mb + 1024} MB (RLIMIT_AS)"
-        budget = f"{self.cpu_seconds} CPU s for all its processes together"
-        layers["cpu"] = (f"{budget} ({groups['cpuacct']})" if "cpuacct" in groups
-                         else f"{budget} (read from /proc: its PID namespace)" if tier != "process"
-                         else f"{self.cpu_seconds} CPU s per process (RLIMIT_CPU) and its process group on timeout")
-        layers["processes"] = (f"{self.processes} ({groups['pids']} pids)" if "pids" in groups
-                               else f"{self.processes} per uid (RLIMIT_NPROC)")
-        layers["files written"] = f"{self.file_mb} MB each (RLIMIT_FSIZE)"
-        layers["work dir"] = self._work.limit or f"tmpfs of {self.disk_mb} MB and {self.files} files"
-        layers["from the kernel"] = (f"messages over {MAX_MESSAGE_BYTES >> 20} MB dropped, {QUEUE_MESSAGES} queued per "
-                                     f"channel at most, {MAX_READ_BYTES >> 20} MB read per run")
-        return SandboxReport(tier, layers)
+        return describe(self, groups)
 
     @property
     def limits_enforced(self) -> list[str]:

@@ -37,7 +37,7 @@ import zmq  # noqa: E402
 from jupyter_client.session import Session  # noqa: E402
 
 MAX_FRAME = int(spec["max_message_bytes"])
-MAX_FRAMES = 16  # a kernel's message has 6 or 7 frames: more is a flood, not output
+MAX_FRAMES = int(spec["max_frames"])
 MAX_LINE = int(spec["max_line_bytes"])
 conn = spec["connection"]
 session = Session(key=conn["key"].encode(), signature_scheme=conn["signature_scheme"], username="gptoss-lab")
