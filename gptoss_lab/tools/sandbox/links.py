@@ -46,31 +46,22 @@ def walk(folder: Path, *, seconds: float = SCAN_SECONDS) -> list[str]:
 def outward_links(folder: Path, *, remove: bool) -> list[str]:
     """The symlinks under ``folder`` that resolve outside it, as ``name -> target`` (removed if asked).
 
-    Walked with a stack of its own (a tree of any depth), for at most :data:`SCAN_SECONDS`; never raises."""
+    Walked for at most :data:`SCAN_SECONDS`; never raises."""
     try:
         root = os.path.realpath(folder)
     except (OSError, ValueError):
         return []
     found: list[str] = []
-    end = time.monotonic() + SCAN_SECONDS
-    stack = [str(folder)]
-    while stack and time.monotonic() < end:
-        top = stack.pop()
+    for path in walk(folder)[1:]:
         try:
-            entries = list(os.scandir(top))
-        except OSError:
-            continue
-        for entry in entries:
-            try:
-                if entry.is_symlink():
-                    target = os.readlink(entry.path)
-                    if _inside(os.path.realpath(entry.path), root):
-                        continue
-                    if remove:
-                        os.unlink(entry.path)
-                    found.append(f"{os.path.relpath(entry.path, folder)} -> {target}")
-                elif entry.is_dir(follow_symlinks=False):
-                    stack.append(entry.path)
-            except (OSError, ValueError, RuntimeError):
+            if not os.path.islink(path):
                 continue
+            target = os.readlink(path)
+            if _inside(os.path.realpath(path), root):
+                continue
+            if remove:
+                os.unlink(path)
+            found.append(f"{os.path.relpath(path, folder)} -> {target}")
+        except (OSError, ValueError, RuntimeError):
+            continue
     return found
