@@ -281,3 +281,23 @@ def test_the_report_names_every_layer(sb):
         assert key in layers, key
     r = sb.run("import subprocess\nprint(subprocess.run(['unshare', '-Urm', 'true']).returncode)")
     assert "1" in r.text.split() and "Operation not permitted" in r.text  # no user namespaces inside
+
+
+def test_a_work_dir_of_the_users_is_limited_too_and_gets_the_files_back(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "input.csv").write_text("a,b\n1,2\n")
+    with Sandbox(workdir=mine, disk_mb=8, files=50, memory_mb=512) as s:
+        assert s.workdir == mine.resolve()
+        r = s.run("print(open('input.csv').read().splitlines()[1])\nn = 0\ntry:\n    while True:\n"
+                  "        open(f'out{n}.bin', 'wb').write(b'x' * 2**20)\n        n += 1\nexcept OSError as e:\n"
+                  "    print(n, e.errno)\nimport os\nos.symlink('/etc/passwd', 'pw')", timeout=30)
+        first, counts = r.text.split("\n")[:2]
+        n, err = map(int, counts.split())
+        assert first == "1,2" and err == 28 and n <= 8
+        assert "copied to" in s.report.layers["work dir"]
+        # what the code made is in the user's folder after the run, bounded, and no link came with it
+        assert sum(f.stat().st_size for f in mine.iterdir()) <= 9 * 2**20
+        assert (mine / "out0.bin").stat().st_size == 2**20 and not (mine / "pw").exists()
+        assert all(f.stat().st_uid == mine.stat().st_uid for f in mine.iterdir())
+    assert (mine / "input.csv").read_text() == "a,b\n1,2\n"

@@ -83,7 +83,9 @@ class Sandbox:
         Folders of yours the code may read, at ``/mnt/user/<name>``: a list (read-only) or a mapping
         ``{path: "rw"}`` for write access. Links it makes in them that point outside are removed.
     workdir
-        A folder of yours for ``/mnt/data`` (then not size-limited: it is yours); default a tmpfs.
+        A folder of yours whose files the code finds in ``/mnt/data``, and where what it makes there is
+        copied after each run (new and changed files; nothing of yours is deleted). ``/mnt/data`` itself
+        is always the limited tmpfs where one can be mounted.
     isolation
         ``"auto"`` (the strongest available; refuses to run unsandboxed) or ``"process"`` (no
         isolation from files or network: only resource limits; an explicit choice).
@@ -139,9 +141,9 @@ class Sandbox:
         if own is not None:
             own.mkdir(parents=True, exist_ok=True)
         self._work = WorkArea(self.isolation, disk_mb, files, own, self._lease)
-        self.workdir = self._work.data_host
+        self.workdir = self._work.user_folder
         if self._lease is not None:
-            if own is not None:
+            if own is not None and self._work.mirror is None:  # written directly: lent to the uid
                 self._lease.lend(own)
                 os.chmod(own, 0o711)  # bwrap, root without capabilities, must be able to enter it
             for p, mode in self.shares.items():
@@ -153,7 +155,7 @@ class Sandbox:
             self.isolation, self._work, limits(memory_mb, cpu_seconds, processes, file_mb, self.uid),
             memory_mb, processes, self.uid, dict(self.shares), self._seccomp,
         )
-        self._linked = {p for p, m in self.shares.items() if m == "rw"} | {self.workdir}
+        self._linked = {p for p, m in self.shares.items() if m == "rw"} | {self._work.data_host}
         self._watch_stop = threading.Event()
         threading.Thread(target=self._watch, name="gptoss-lab-sandbox-watch", daemon=True).start()
         if warm:
@@ -267,6 +269,7 @@ class Sandbox:
             if got:
                 self._lock.release()
         self._remove_outward_links()
+        self._work.sync()
         self._work.close()  # its unmounts are written in the lease's journal: before the lease goes
         if self._lease is not None:
             self._lease.release()
@@ -309,6 +312,7 @@ class Sandbox:
                                  error="sandbox failed", restarted=True, seconds=time.monotonic() - started)
             result = self._execute(kernel, code, self.timeout if timeout is None else timeout, started)
             links = self._remove_outward_links()
+            self._work.sync()
             if links:
                 result.text += f"\n[removed {len(links)} links pointing outside their folder: {', '.join(links[:5])}]"
             if note:

@@ -48,7 +48,9 @@ def describe(sb: Any, groups: dict[str, str]) -> SandboxReport:
     layers["processes"] = (f"{sb.processes} ({groups['pids']} pids)" if "pids" in groups
                            else f"{sb.processes} per uid (RLIMIT_NPROC)")
     layers["files written"] = f"{sb.file_mb} MB each (RLIMIT_FSIZE)"
-    layers["work dir"] = sb._work.limit or f"tmpfs of {sb.disk_mb} MB and {sb.files} files"
+    mirror = sb._work.mirror
+    layers["work dir"] = sb._work.limit or f"tmpfs of {sb.disk_mb} MB and {sb.files} files" + (
+        f", copied to {mirror} after each run" if mirror is not None else "")
     layers["from the kernel"] = (f"read by a relay process under {RELAY_MEMORY >> 20} MB: frames over "
                                  f"{MAX_MESSAGE_BYTES >> 20} MB or messages of more than {MAX_FRAMES} frames dropped, "
                                  f"{QUEUE_MESSAGES} queued per socket, {MAX_READ_BYTES >> 20} MB of text read per run")

@@ -11,7 +11,42 @@ import tempfile
 from pathlib import Path
 
 from .leases import UidLease
+from .links import walk
 from .spawn import spawn
+
+
+def copy_tree(src: Path, dst: Path, *, owner: int | None, group: int | None = None) -> None:
+    """Regular files and folders of ``src`` into ``dst`` where new or changed (size, mtime); links,
+    devices and set-id bits are never copied. Never raises: what cannot be copied is left."""
+    import stat
+
+    for path in walk(src, seconds=60.0)[1:]:
+        target = dst / os.path.relpath(path, src)
+        try:
+            st = os.lstat(path)
+            if stat.S_ISDIR(st.st_mode):
+                if not target.is_dir():
+                    target.mkdir(mode=0o755)
+                    if owner is not None:
+                        os.chown(target, owner, owner if group is None else group)
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            try:
+                old = os.lstat(target)
+                if stat.S_ISREG(old.st_mode) and (old.st_size, old.st_mtime_ns) == (st.st_size, st.st_mtime_ns):
+                    continue
+            except FileNotFoundError:
+                pass
+            tmp = target.with_name(f".{target.name}.gptoss-copy")
+            shutil.copyfile(path, tmp, follow_symlinks=False)
+            os.chmod(tmp, st.st_mode & 0o777)
+            os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+            if owner is not None:
+                os.chown(tmp, owner, owner if group is None else group)
+            os.replace(tmp, target)
+        except OSError:
+            continue
 
 
 def _mount_tmpfs(options: str, target: Path, enter: list[str]) -> None:
@@ -31,8 +66,9 @@ class WorkArea:
     parent's that the sandbox never sees: what a kernel plants there goes with it, and a full work
     dir cannot stop the next kernel from starting. As root the mounts are made on the host (plain
     paths); otherwise in a holder process's own user and mount namespaces, reached through
-    ``/proc/<holder>/root``, and kernels are started inside those namespaces. Where neither works, or
-    the user gave a work dir of their own, ``limit`` says what is not limited.
+    ``/proc/<holder>/root``, and kernels are started inside those namespaces. A work dir of the user's
+    is a ``mirror``: copied in, and copied back after each run. Where no tmpfs can be had, ``limit``
+    says what is not limited.
     """
 
     def __init__(self, tier: str, disk_mb: int, files: int, workdir: Path | None, lease: UidLease | None):
@@ -62,15 +98,31 @@ class WorkArea:
         else:
             self.limit = "not limited: the process tier has no mount namespace"
         self.reach = Path(f"/proc/{self.holder.pid}/root") if self.holder is not None else Path("/")
-        self.own_data = workdir is None
-        self.data = self.base / "data" if workdir is None else workdir
-        if workdir is None:
+        # A folder of the user's (workdir=) is not written by the sandbox: it is copied into the tmpfs,
+        # and what the code makes there is copied back after every run (limited like the rest).
+        self.mirror = workdir if workdir is not None and self.limit is None else None
+        self.data = workdir if workdir is not None and self.mirror is None else self.base / "data"
+        if self.data != workdir:
             self.host(self.data).mkdir()
             if self.owner is not None:
                 os.chown(self.host(self.data), self.owner, self.owner)
             os.chmod(self.host(self.data), 0o711)  # bwrap, root without capabilities, must enter it
-        else:
-            self.limit = "not limited: it is your own folder (workdir=)"
+        if self.mirror is not None:
+            copy_tree(self.mirror, self.host(self.data), owner=self.owner)
+        elif workdir is not None:
+            self.limit = f"{self.limit}; your own folder (workdir=) is written directly"
+
+    @property
+    def user_folder(self) -> Path:
+        """Where the user finds /mnt/data's files: their own folder, else the tmpfs itself."""
+        return self.mirror if self.mirror is not None else self.data_host
+
+    def sync(self) -> None:
+        """Copy new and changed files of /mnt/data into the user's folder (nothing is deleted there)."""
+        if self.mirror is not None:
+            st = os.stat(self.mirror)
+            copy_tree(self.host(self.data), self.mirror, owner=st.st_uid if os.getuid() == 0 else None,
+                      group=st.st_gid)
 
     def _start_holder(self) -> None:
         if not shutil.which("unshare") or not shutil.which("nsenter"):
