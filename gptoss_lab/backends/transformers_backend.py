@@ -288,8 +288,14 @@ class TransformersBackend:
         import torch
 
         logits = logits.float()
+        # With logprobs: one top-k and one logsumexp over the vocabulary (log p = logit - logsumexp),
+        # instead of a log-softmax, a top-k and an argmax: the greedy pick is the top-k's first unless tied.
+        top = torch.topk(logits, max(k, 2)) if k else None
         if temperature <= 0:
-            token = int(torch.argmax(logits))
+            if top is not None and float(top.values[0]) > float(top.values[1]):
+                token = int(top.indices[0])
+            else:
+                token = int(torch.argmax(logits))
         else:
             probs = torch.softmax(logits / temperature, dim=-1)
             if top_p < 1.0:
@@ -297,12 +303,11 @@ class TransformersBackend:
                 keep = torch.cumsum(sorted_p, 0) - sorted_p < top_p  # always keeps the first
                 probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_p[keep])
             token = int(torch.multinomial(probs, 1, generator=gen))
-        if not k:
+        if top is None:
             return token, None, ()
-        logp = torch.log_softmax(logits, dim=-1)
-        top = torch.topk(logp, k)
-        alts = tuple(zip(top.indices.tolist(), top.values.tolist()))
-        return token, float(logp[token]), alts
+        lse = torch.logsumexp(logits, dim=-1)
+        alts = tuple(zip(top.indices[:k].tolist(), (top.values[:k] - lse).tolist()))
+        return token, float(logits[token] - lse), alts
 
     def _routing_hooks(self, store: dict[int, tuple[tuple[int, ...], tuple[float, ...]]]) -> list[Any]:
         import torch

@@ -9,6 +9,7 @@ is answered "not run", so the conversation stays well formed and goes on with th
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any
@@ -58,7 +59,9 @@ class TokenRecorder:
         })
 
 
+@functools.lru_cache(maxsize=1)
 def _versions() -> dict[str, str | None]:
+    """The packages that shape a turn (read once: a lookup scans the installed distributions)."""
     from importlib import metadata
 
     out: dict[str, str | None] = {}
@@ -187,7 +190,7 @@ class TurnLoop:
             "prompt_ids": first_prompt,
             "rounds": self.rounds,
             "tool_outputs": {str(r.index): list(r.outputs) for r in self.tool_results if r.outputs},
-            "versions": _versions(),
+            "versions": dict(_versions()),
             "seconds": round(seconds, 3),
         }
         if self.recorder is not None:
