@@ -51,7 +51,6 @@ class GptossMagics(Magics):
         self.chat: Chat | None = None
         self.tools: dict[str, Any] = {}  # name -> tool, kept across cells (the python tool's state too)
         self.last: Any = None
-        self._turn: _Turn | None = None
 
     @property
     def _ns(self) -> dict[str, Any]:
@@ -151,10 +150,13 @@ class GptossMagics(Magics):
         self._not_busy("comparing")
         tools = [] if opts.tools is None else [self._tool(t.strip()) for t in opts.tools.split(",") if t.strip()]
         results = {}
-        for effort in efforts:
-            model.reset()  # each effort from the same start (a replay: its first stretch)
-            chat = Chat(model, reasoning=effort, tools=tools)
-            results[effort] = chat.send(opts.prompt, seed=opts.seed, max_tokens=opts.max_tokens, inspect=True)
+        try:
+            for effort in efforts:
+                model.reset()  # each effort from the same start (a replay: its first stretch)
+                chat = Chat(model, reasoning=effort, tools=tools)
+                results[effort] = chat.send(opts.prompt, seed=opts.seed, max_tokens=opts.max_tokens, inspect=True)
+        finally:
+            model.reset()  # the conversation's next turn starts from a clean cache (a replay: from its start)
         comparison = Comparison(opts.prompt, results, opts.seed)
         self._ns["_gptoss_compare"] = comparison
         return comparison
@@ -248,6 +250,7 @@ class GptossMagics(Magics):
 
     def _prepare(self, line: str, cell: str) -> tuple[Any, str, Chat]:
         opts = parse_argstring(self.gptoss, line)
+        self._not_busy("sending another message")  # before anything of the running chat changes
         text = _fill(cell, self._ns).strip()
         if not text:
             raise UsageError("%%gptoss needs a message in the cell")
@@ -281,7 +284,9 @@ class GptossMagics(Magics):
         try:
             while not turn.over:
                 try:
-                    if not turn.take(timeout=0):
+                    if turn.take(timeout=0):
+                        await asyncio.sleep(0)  # a burst of events still lets the kernel hear Stop
+                    else:
                         turn.panel.flush()  # live text does not wait for the next event
                         await asyncio.sleep(0.02)
                 except asyncio.CancelledError:  # the kernel's interrupt: stop, then keep draining
@@ -298,9 +303,7 @@ class GptossMagics(Magics):
             display(InspectView(self.last))
 
     def _new_turn(self, chat: Chat, text: str, opts: Any) -> _Turn:
-        self._not_busy("sending another message")
-        self._turn = _Turn(self, chat, text, opts)
-        return self._turn
+        return _Turn(self, chat, text, opts)
 
     def _keep(self, result: Any, opts: Any) -> None:
         if result is None:
@@ -332,10 +335,14 @@ class _Turn:
                                           "effort": chat.reasoning})
         self.handle = display(self.panel, display_id=True)
         self.failure: BaseException | None = None
-        self.running: RunningTurn = chat.start(
-            text, max_tokens=opts.max_tokens, temperature=opts.temperature, top_p=opts.top_p, seed=opts.seed,
-            inspect=opts.inspect, cancel=self.panel.cancel,
-        )
+        try:
+            self.running: RunningTurn = chat.start(
+                text, max_tokens=opts.max_tokens, temperature=opts.temperature, top_p=opts.top_p, seed=opts.seed,
+                inspect=opts.inspect, cancel=self.panel.cancel,
+            )
+        except BaseException:
+            self.panel.finish("failed")
+            raise
 
     @property
     def over(self) -> bool:
@@ -345,8 +352,10 @@ class _Turn:
         """Show the next event, waiting up to ``timeout``; False when there was none."""
         try:
             event = self.running.get(timeout=timeout)
-        except BaseException as e:  # the turn failed: raised from finish(), in the cell
-            self.failure = e
+        except BaseException as e:
+            if not self.running.over:
+                raise  # the kernel's interrupt while waiting: the cell stops the turn
+            self.failure = e  # the turn failed: raised from finish(), in the cell
             return True
         if event is None:
             return self.running.over

@@ -145,3 +145,8 @@ def test_every_name_the_magic_takes_gptoss_lab_load_takes(tmp_path):
         gptoss_lab.load(f"replay:{tmp_path / 'missing.txt'}")
     with pytest.raises(ValueError, match="paces a replay"):
         gptoss_lab.load("nano", tps=5)
+
+
+def test_a_served_model_is_refused_in_one_line_until_remote_engines_exist():
+    with pytest.raises(ValueError, match="remote engines .* not supported"):
+        gptoss_lab.load("http://127.0.0.1:8000")

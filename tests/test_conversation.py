@@ -299,3 +299,25 @@ def test_a_whole_conversation_keeps_only_its_last_turns_analysis(enc):
     text = enc.decode_utf8(conv.render_conversation(_three_turns()))
     assert "turn-3 thinking" in text
     assert "turn-1 thinking" not in text and "turn-2 thinking" not in text and "print(12*34)" not in text
+
+
+def test_a_stopped_turn_keeps_its_analysis_until_a_later_final_and_a_running_turn_keeps_its_own(enc):
+    stopped = [
+        conv.user_message("Long task"),
+        conv.assistant_message("stopped-turn thinking", channel="analysis"),
+        conv.user_message("Never mind: 2+2?"),
+    ]
+    # no final yet: what the stopped turn did (e.g. that python's state was lost) is still sent
+    assert "stopped-turn thinking" in enc.decode_utf8(conv.render_for_completion(stopped))
+    later = stopped + [conv.assistant_message("4"), conv.user_message("Thanks")]
+    assert "stopped-turn thinking" not in enc.decode_utf8(conv.render_for_completion(later))
+    ongoing = [
+        conv.user_message("Answer, then check"),
+        conv.assistant_message("first thinking", channel="analysis"),
+        conv.assistant_message("a first answer"),
+        conv.assistant_message("print(1)", channel="analysis", recipient="python", content_type="code"),
+        conv.tool_message("python", "1", channel="analysis", recipient="assistant"),
+    ]
+    # the turn being run (keep_from: where it began) keeps its thinking past a final of its own
+    assert "first thinking" in enc.decode_utf8(conv.render_for_completion(ongoing, keep_from=0))
+    assert "first thinking" not in enc.decode_utf8(conv.render_for_completion(ongoing))

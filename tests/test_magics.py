@@ -185,3 +185,39 @@ def test_reset_forgets_the_models_cached_prefix(ip, tmp_path):
     ip.run_line_magic("gptoss", "reset")
     assert magics.model._cache_ids == [] and magics.model._cache is None
     ip.run_line_magic("gptoss", f"load replay:{ip.user_ns['REC']}")
+
+
+def test_the_kernels_interrupt_stops_a_cell_in_a_plain_shell_and_keeps_the_result(ip, tmp_path):
+    import _thread
+    import threading
+    import time
+
+    slow = tmp_path / "slow.txt"
+    slow.write_text("<|channel|>analysis<|message|>" + "think " * 300 + "<|end|>"
+                    "<|start|>assistant<|channel|>final<|message|>done<|return|>", encoding="utf-8")
+    ip.run_line_magic("gptoss", f"load replay:{slow} --tps 100")
+    threading.Timer(0.5, _thread.interrupt_main).start()
+    t0 = time.monotonic()
+    cell(ip, "--new -o cut", "think")
+    assert time.monotonic() - t0 < 2.5
+    assert ip.user_ns["cut"].stop_reason == "stopped"
+    ip.run_line_magic("gptoss", f"load replay:{ip.user_ns['REC']}")
+
+
+def test_a_refused_cell_changes_nothing_of_the_running_chat(ip, tmp_path):
+    slow = tmp_path / "slow2.txt"
+    slow.write_text("<|channel|>analysis<|message|>" + "think " * 400 + "<|end|>", encoding="utf-8")
+    ip.run_line_magic("gptoss", f"load replay:{slow} --tps 100")
+    cell(ip, "--new", "warm up")
+    magics = ip._gptoss_lab_magics
+    magics.model.reset()
+    before = (magics.chat.reasoning, magics.chat.instructions, magics.chat.toolbox.names())
+    running = magics.chat.start("running")
+    try:
+        with pytest.raises(UsageError, match="still running"):
+            cell(ip, "-r high --developer HIJACK --tools python", "x")
+        assert (magics.chat.reasoning, magics.chat.instructions, magics.chat.toolbox.names()) == before
+    finally:
+        running.stop()
+        running.wait()
+    ip.run_line_magic("gptoss", f"load replay:{ip.user_ns['REC']}")

@@ -177,3 +177,62 @@ def test_error_positions_index_the_turns_tokens(tmp_path, sandbox):
     assert result.final == "two"
     notes = result.transcript["inspect_notes"]
     assert "no attention sinks" in notes[0] and "no logprobs or expert routing" in notes[1]
+
+
+SLOW = "<|channel|>analysis<|message|>" + "think " * 300 + "<|end|><|start|>assistant<|channel|>final<|message|>ok<|return|>"
+
+
+def test_ctrl_c_during_send_stops_the_turn_keeps_it_and_raises(tmp_path):
+    import _thread
+
+    chat = gptoss_lab.Chat(replay(tmp_path, SLOW, tps=100))
+    threading.Timer(0.5, _thread.interrupt_main).start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        chat.send("Think slowly")
+    assert time.monotonic() - t0 < 2.5
+    assert chat.results[-1].stop_reason == "stopped" and not chat.busy
+    assert chat.results[-1].messages[1]["content"].startswith("think think")
+
+
+def test_a_turn_can_follow_the_end_of_the_last_at_once_and_cancel_may_be_a_callable(tmp_path):
+    rec = "<|channel|>final<|message|>one<|return|><|start|>assistant<|channel|>final<|message|>two<|return|>"
+    chat = gptoss_lab.Chat(replay(tmp_path, rec))
+    assert chat.start("first").wait().final == "one"
+    assert chat.send("second").final == "two"  # never "still running": the chat is free once it is over
+    slow = gptoss_lab.Chat(replay(tmp_path, SLOW, name="slow.txt", tps=100))
+    flag = {"stop": False}
+    running = slow.start("go", cancel=lambda: flag["stop"])
+    time.sleep(0.3)
+    flag["stop"] = True
+    time.sleep(0.1)
+    flag["stop"] = False  # a callable that changes its mind: the turn stays stopped
+    assert running.wait(timeout=5).stop_reason == "stopped"
+    again = slow.start("again")
+    again.stop()  # stop() works whatever cancel was given
+    assert again.wait(timeout=5) is not None and not slow.busy
+
+
+def test_wait_has_a_deadline_and_get_none_waits_for_an_event(tmp_path):
+    chat = gptoss_lab.Chat(replay(tmp_path, SLOW, tps=20))
+    running = chat.start("slow")
+    t0 = time.monotonic()
+    assert running.wait(timeout=0.3) is None and time.monotonic() - t0 < 1.0
+    assert running.get(timeout=None) is not None  # blocks until the next event, which comes
+    running.stop()
+    assert running.wait().stop_reason == "stopped"
+
+
+def test_a_turn_past_its_tool_rounds_answers_the_last_call(tmp_path):
+    loop = "<|channel|>commentary to=functions.ping <|constrain|>json<|message|>{}<|call|>" * 3
+    chat = gptoss_lab.Chat(replay(tmp_path, loop), tools=[ping], max_tool_rounds=1)
+    r = chat.send("ping forever")
+    assert r.stop_reason == "tool_rounds" and r.complete
+    assert [t.status for t in r.tool_results] == ["done", "not run"]
+    assert "limit of 1 tool rounds" in r.tool_results[-1].text
+    assert chat.history[-1].author.role.value == "tool"  # no call left unanswered
+
+
+def ping() -> str:
+    """Answer pong."""
+    return "pong"

@@ -1,7 +1,8 @@
 """From a model name as users write it to a backend: the one place that knows every kind of name.
 
 ``%gptoss load NAME``, ``gptoss-lab ask --model NAME`` and ``gptoss_lab.load(NAME)`` all come here, so
-they accept the same names: a hub id, a local folder, ``nano``, ``tiny``, or ``replay:PATH``.
+they accept the same names: a hub id, a local folder, ``nano``, ``tiny``, or ``replay:PATH``. A served
+model (``http://HOST:PORT``, vLLM or llama.cpp) is not here yet: such a name gets a clear refusal.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def load(model: str | None = None, *, tps: float | None = None, **load_options: 
     FileNotFoundError, ValueError
         A recording that cannot be read or holds no model output.
     """
+    if model is not None and model.startswith(("http://", "https://")):
+        raise ValueError(f"{model}: remote engines (a vLLM or llama.cpp server) are not supported by this version "
+                         "yet; load a hub id, a folder, nano, tiny or replay:PATH")
     if model is not None and model.startswith(REPLAY):
         from .replay import ReplayBackend
 

@@ -245,7 +245,16 @@ class TransformersBackend:
         return self.model.device
 
     def reset(self) -> None:
-        """Forget the cached prefix: the next stream prefills its whole prompt."""
+        """Forget the cached prefix: the next stream prefills its whole prompt. Refused while a
+        stream runs (it would go on with no context)."""
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError("this model is streaming; finish or close that stream before reset()")
+        try:
+            self._drop_cache()
+        finally:
+            self._busy.release()
+
+    def _drop_cache(self) -> None:
         self._cache, self._cache_ids = None, []
 
     # -- the forward passes -------------------------------------------------------------------------
@@ -262,7 +271,7 @@ class TransformersBackend:
                     logits_to_keep=1,  # never materialise (T, 201088) logits for a long prompt
                 )
         except BaseException:
-            self.reset()  # a half-updated cache would silently give wrong output next time
+            self._drop_cache()  # a half-updated cache would silently give wrong output next time
             raise
         self._cache_ids.extend(ids)
         return out.logits[0, -1]

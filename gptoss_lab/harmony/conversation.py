@@ -146,25 +146,25 @@ def _config():  # type: ignore[no-untyped-def]
     return RenderConversationConfig(auto_drop_analysis=False)
 
 
-def drop_finished_analysis(messages: Sequence[Message], *, keep_last_turn: bool = False) -> list[Message]:
+def drop_finished_analysis(messages: Sequence[Message], *, keep_from: int | None = None) -> list[Message]:
     """The messages without the analysis of finished turns, as gpt-oss was trained.
 
-    A turn is finished once the assistant has written its final message: every analysis-channel
-    message before that final (the assistant's thinking, and python calls and their replies, which
-    run on the analysis channel) is left out. Commentary (function calls and their results) and the
-    current turn's analysis are kept. ``keep_last_turn``: the conversation's last turn keeps its
-    analysis even when finished (a whole conversation rendered for training or display).
+    A turn is finished once the assistant has written its final answer: every analysis-channel
+    message before the conversation's last final (the assistant's thinking, and python calls and
+    their replies, which run on the analysis channel) is left out, for every turn, not only the
+    first. Commentary (function calls and their results) and finals stay; so does the analysis of a
+    turn that was stopped before its final, until a later turn has one (it tells the model what
+    happened, e.g. that its python state was lost). ``keep_from``: the index where the turn being run
+    began: nothing from there on is dropped, so a turn keeps its thinking through its own tool calls
+    (even past a final it wrote before calling a tool again).
     """
     msgs = list(messages)
-    boundary = len(msgs)
-    if keep_last_turn:
-        users = [i for i, m in enumerate(msgs) if m.author.role.value == "user"]
-        boundary = users[-1] if users else 0
-    finals = [i for i, m in enumerate(msgs[:boundary]) if m.author.role.value == "assistant" and m.channel == "final"]
+    finals = [i for i, m in enumerate(msgs) if m.author.role.value == "assistant" and m.channel == "final"]
     if not finals:
         return msgs
-    last_final = finals[-1]
-    return [m for i, m in enumerate(msgs) if not (i < last_final and m.channel == "analysis")]
+    last = finals[-1]
+    keep = len(msgs) if keep_from is None else keep_from
+    return [m for i, m in enumerate(msgs) if not (i < last and i < keep and m.channel == "analysis")]
 
 
 def render_for_completion(
@@ -172,28 +172,33 @@ def render_for_completion(
     next_role: str = "assistant",
     *,
     drop_analysis: bool = True,
+    keep_from: int | None = None,
     encoding: HarmonyEncoding | None = None,
 ) -> list[int]:
     """The prompt token ids that ask the model for the next message (ends in ``<|start|>assistant``).
 
     With ``drop_analysis`` (the default, as gpt-oss was trained), the analysis of every finished
-    turn is left out (:func:`drop_finished_analysis`); the current turn's, tool calls included, is kept.
+    turn is left out (:func:`drop_finished_analysis`); ``keep_from``: where the turn being run began.
     """
     from openai_harmony import Conversation, Role
 
     enc = encoding if encoding is not None else _encoding()
-    msgs = drop_finished_analysis(list(messages)) if drop_analysis else list(messages)
+    msgs = drop_finished_analysis(list(messages), keep_from=keep_from) if drop_analysis else list(messages)
     return enc.render_conversation_for_completion(Conversation.from_messages(msgs), Role(next_role), _config())
 
 
 def render_conversation(
     messages: Iterable[Message], *, drop_analysis: bool = True, encoding: HarmonyEncoding | None = None
 ) -> list[int]:
-    """The token ids of a whole conversation; with ``drop_analysis`` only its last turn keeps its analysis."""
+    """The token ids of a whole conversation; with ``drop_analysis`` only its last turn keeps its analysis
+    (:func:`drop_finished_analysis`)."""
     from openai_harmony import Conversation
 
     enc = encoding if encoding is not None else _encoding()
-    msgs = drop_finished_analysis(list(messages), keep_last_turn=True) if drop_analysis else list(messages)
+    msgs = list(messages)
+    if drop_analysis:
+        users = [i for i, m in enumerate(msgs) if m.author.role.value == "user"]
+        msgs = drop_finished_analysis(msgs, keep_from=users[-1] if users else 0)
     return enc.render_conversation(Conversation.from_messages(msgs), _config())
 
 

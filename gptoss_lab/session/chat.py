@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from ..backends.base import cancelled
 from ..errors import TurnInProgressError
 from .loop import TurnLoop
 from .results import SamplingConfig, SessionEvent, TurnFinished, TurnResult
@@ -57,16 +59,35 @@ def make_tools(tools: Iterable[Any], namespace: dict[str, Any] | None = None, **
 _END = object()
 
 
+class Stop:
+    """The cancel a turn runs with: set by :meth:`set` (Stop, ``RunningTurn.stop``) or once the
+    caller's own cancel (an Event or a callable) says stop, and set for good from then on, so that
+    every part of the turn (backend, tools, the loop) sees the same answer."""
+
+    def __init__(self, given: Cancel = None):
+        self.event = threading.Event()
+        self.given = given
+
+    def __call__(self) -> bool:
+        if not self.event.is_set() and cancelled(self.given):
+            self.event.set()
+        return self.event.is_set()
+
+    def set(self) -> None:
+        self.event.set()
+
+
 class RunningTurn:
     """A turn running on its chat's worker thread.
 
-    ``get(timeout)`` hands over the next event (None when there is none yet, or once the turn is
-    over: see ``over``); ``stop()`` asks the turn to end (generation within one token, a running
-    tool within about a second); ``wait()`` blocks until the end and returns the result. A failure
-    of the turn (the model raising) is raised by ``get``/``wait`` in the consumer's thread.
+    ``get(timeout)`` hands over the next event (None when there is none within ``timeout``, or once
+    the turn is over: see ``over``); ``stop()`` asks the turn to end (generation within one token, a
+    running tool within about a second); ``wait()`` takes every event until the end and returns the
+    result. A failure of the turn (the model raising) is raised by ``get``/``wait`` in the
+    consumer's thread. The chat is no longer busy once ``over`` is true.
     """
 
-    def __init__(self, chat: Chat, loop: TurnLoop, cancel: threading.Event):
+    def __init__(self, chat: Chat, loop: TurnLoop, cancel: Stop):
         self.chat = chat
         self.cancel = cancel
         self.result: TurnResult | None = None
@@ -76,14 +97,17 @@ class RunningTurn:
         self.thread = threading.Thread(target=self._work, name="gptoss-lab-turn", daemon=True)
 
     def _work(self) -> None:
+        failure: BaseException | None = None
         try:
             for event in self.chat._guarded(self._loop):
                 self._events.put(event)
         except BaseException as e:  # handed to the consumer's thread
-            self._events.put(e)
+            failure = e
         finally:
+            self.chat._release(self)  # first: whoever sees the end may start the next turn at once
+            if failure is not None:
+                self._events.put(failure)
             self._events.put(_END)
-            self.chat._release(self)
 
     @property
     def running(self) -> bool:
@@ -94,10 +118,11 @@ class RunningTurn:
         self.cancel.set()
 
     def get(self, timeout: float | None = 0) -> SessionEvent | None:
+        """The next event, waiting up to ``timeout`` seconds (0: not at all; None: until one comes)."""
         if self.over:
             return None
         try:
-            event = self._events.get(timeout=timeout) if timeout else self._events.get_nowait()
+            event = self._events.get_nowait() if timeout == 0 else self._events.get(timeout=timeout)
         except queue.Empty:
             return None
         if event is _END:
@@ -111,9 +136,18 @@ class RunningTurn:
         return event  # type: ignore[no-any-return]
 
     def wait(self, timeout: float | None = None) -> TurnResult | None:
-        """Take every event until the turn is over; the result (None if it failed to give one)."""
-        while not self.over:
-            self.get(timeout=0.1 if timeout is None else timeout)
+        """Take every event until the turn is over (or ``timeout`` seconds have passed) and return the
+        result (None if it gave none). Interrupted (Ctrl-C, the kernel's interrupt), it stops the turn,
+        waits for it to end (the partial result is kept in ``chat.results``), then re-raises."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while not self.over and (deadline is None or time.monotonic() < deadline):
+                self.get(timeout=0.05)
+        except KeyboardInterrupt:
+            self.stop()
+            while not self.over:
+                self.get(timeout=0.05)
+            raise
         return self.result
 
 
@@ -181,14 +215,17 @@ class Chat:
             out.append(conv.developer_message(self.instructions, functions))
         return out
 
-    def prompt_ids(self, extra: Iterable[Message] = (), reasoning: str | None = None) -> list[int]:
+    def prompt_ids(self, extra: Iterable[Message] = (), reasoning: str | None = None,
+                   turn_start: int | None = None) -> list[int]:
         """The token ids the model is sent next (with ``extra`` messages appended).
 
-        The analysis of every finished turn is left out, as gpt-oss was trained; the current turn's
-        analysis and tool calls are kept."""
+        The analysis of every finished turn is left out, as gpt-oss was trained; ``turn_start`` (the
+        history index where the turn being run began) keeps that turn's analysis and tool calls."""
         from ..harmony.conversation import render_for_completion
 
-        return render_for_completion(self.header_messages(reasoning) + self.history + list(extra))
+        header = self.header_messages(reasoning)
+        keep = None if turn_start is None else len(header) + turn_start
+        return render_for_completion(header + self.history + list(extra), keep_from=keep)
 
     # -- state --------------------------------------------------------------------------------------
 
@@ -209,11 +246,14 @@ class Chat:
     def reset(self) -> None:
         """Forget the conversation, and the model's cached prefix (a replay starts again).
         The tools, and the python tool's state, stay."""
-        if self.busy:
+        if not self._busy.acquire(blocking=False):
             raise TurnInProgressError("cannot reset while a turn is running: stop it first")
-        self.history.clear()
-        self.results.clear()
-        self.model.reset()
+        try:
+            self.history.clear()
+            self.results.clear()
+            self.model.reset()
+        finally:
+            self._busy.release()
 
     def close(self) -> None:
         if self._running is not None:
@@ -225,17 +265,17 @@ class Chat:
     def send(self, text: str, **options: Any) -> TurnResult:
         """Run one turn (the tool loop included) and return its result.
 
+        It runs on the chat's worker thread while this one waits: the kernel's interrupt (Ctrl-C)
+        stops the turn within about 2 s, keeps its partial result in ``results``, then raises.
+
         Options: ``reasoning``, ``sampling`` (a :class:`SamplingConfig`), any of its fields
         (``max_tokens``, ``temperature``, ``top_p``, ``seed``, ``inspect``, ``logprobs``), ``cancel``.
         """
-        result = None
-        for event in self.stream(text, **options):
-            if isinstance(event, TurnFinished):
-                result = event.result
+        result = self.start(text, **options).wait()
         assert result is not None
         return result
 
-    def _loop(self, text: str, reasoning: str | None, sampling: SamplingConfig | None, cancel: Cancel,
+    def _loop(self, text: str, reasoning: str | None, sampling: SamplingConfig | None, cancel: Stop,
               options: dict[str, Any]) -> TurnLoop:
         from ..harmony.conversation import reasoning_effort
 
@@ -247,7 +287,7 @@ class Chat:
     def stream(self, text: str, *, reasoning: str | None = None, sampling: SamplingConfig | None = None,
                cancel: threading.Event | Callable[[], bool] | None = None, **options: Any) -> Iterator[SessionEvent]:
         """Run one turn in this thread, yielding events as they happen; the last is :class:`TurnFinished`."""
-        loop = self._loop(text, reasoning, sampling, cancel, options)
+        loop = self._loop(text, reasoning, sampling, Stop(cancel), options)
         self._claim()
         try:
             yield from self._guarded(loop)
@@ -255,12 +295,12 @@ class Chat:
             self._release()
 
     def start(self, text: str, *, reasoning: str | None = None, sampling: SamplingConfig | None = None,
-              cancel: threading.Event | None = None, **options: Any) -> RunningTurn:
+              cancel: threading.Event | Callable[[], bool] | None = None, **options: Any) -> RunningTurn:
         """Run one turn on the chat's worker thread; returns at once with the :class:`RunningTurn`."""
-        cancel = cancel if cancel is not None else threading.Event()
-        loop = self._loop(text, reasoning, sampling, cancel, options)
+        stop = Stop(cancel)
+        loop = self._loop(text, reasoning, sampling, stop, options)
         self._claim()
-        running = RunningTurn(self, loop, cancel)
+        running = RunningTurn(self, loop, stop)
         self._running = running
         try:
             running.thread.start()

@@ -96,12 +96,13 @@ class TurnLoop:
         chat = self.chat
         user = conv.user_message(self.text)
         first_prompt = chat.prompt_ids([user], self.reasoning)
+        turn_start = len(chat.history)
         chat.history.append(user)
         self.transcript.add_user(self.text)
         stop_reason: str = "return"
         round_ = 0
         while True:
-            prompt = first_prompt if round_ == 0 else chat.prompt_ids(reasoning=self.reasoning)
+            prompt = first_prompt if round_ == 0 else chat.prompt_ids(reasoning=self.reasoning, turn_start=turn_start)
             ended = yield from self._generate(prompt, round_)
             stop_reason = ended
             calls = list(self.transcript.calls)
@@ -111,6 +112,14 @@ class TurnLoop:
             round_ += 1
             if ended == "call" and round_ > chat.max_tool_rounds:
                 stop_reason = "tool_rounds"
+                for index, call in calls:  # answered, so that the conversation stays well formed
+                    reply = chat.toolbox.not_run(call, f"the turn reached its limit of {chat.max_tool_rounds} tool rounds")
+                    result = ToolResult(index, call, reply.messages, (), 0.0, "not run")
+                    self.tool_results.append(result)
+                    chat.history.extend(result.messages)
+                    for message in result.messages:
+                        self.transcript.add_message(message)
+                    yield result
                 break
             for index, call in calls:
                 result = self._run_tool(index, call)
@@ -163,8 +172,8 @@ class TurnLoop:
         for msg in parser.messages:
             if not msg.incomplete:
                 self.chat.history.append(msg.to_harmony())
-            if msg.role == "assistant" and msg.channel == "final":
-                self.final = msg.content
+            if msg.role == "assistant" and msg.channel == "final" and not msg.incomplete:
+                self.final = msg.content  # a cut final is in the transcript (incomplete), not the answer
         if reason == "call" and cancelled(self.cancel):
             return "stopped"  # the call is kept in the transcript, and answered "not run"
         return reason
@@ -181,7 +190,7 @@ class TurnLoop:
         model, s = self.chat.model, self.sampling
         caps = model.capabilities
         extra: dict[str, Any] = {
-            "complete": stop_reason in ("return", "call"),
+            "complete": stop_reason in ("return", "call", "tool_rounds"),  # the output ended on a stop token
             "stop_reason": stop_reason,
             "model": model.report.model,
             "engine": model.report.engine,

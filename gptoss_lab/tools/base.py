@@ -145,22 +145,38 @@ class Toolbox:
             known = ", ".join(self.names()) or "none"
             return ToolReply((reply(message, f"Error: there is no tool {recipient!r}. The tools are: {known}."),))
         if cancel is None:
-            return self._call(t, recipient, message)
-        box: list[ToolReply] = []
-        worker = threading.Thread(target=lambda: box.append(self._call(t, recipient, message)),
-                                  name=f"gptoss-lab-tool-{recipient}", daemon=True)
-        worker.start()
-        stopped_at = None
-        while worker.is_alive():
-            worker.join(0.02)
-            if stopped_at is None and cancelled(cancel):
-                stopped_at = time.monotonic()
+            try:
+                return self._call(t, recipient, message)
+            except BaseException:  # the kernel's interrupt: the tool's code must not run on
                 if isinstance(t, Interruptible):
                     t.interrupt()
-            if stopped_at is not None and worker.is_alive() and time.monotonic() - stopped_at > STOP_GRACE_SECONDS:
-                text = (f"[stopped by the user: {recipient} did not return within {STOP_GRACE_SECONDS:g} s of the "
-                        "stop; it may still be running, and its result will not be seen]")
-                return ToolReply((reply(message, text),), status="abandoned")
+                raise
+        box: list[ToolReply] = []
+
+        def work() -> None:
+            try:
+                box.append(self._call(t, recipient, message))
+            except BaseException as e:  # SystemExit in a function tool, say: the model reads it
+                box.append(ToolReply((reply(message, f"Error: the tool {recipient} failed: {type(e).__name__}: {e}"),)))
+
+        worker = threading.Thread(target=work, name=f"gptoss-lab-tool-{recipient}", daemon=True)
+        worker.start()
+        stopped_at = None
+        try:
+            while worker.is_alive():
+                worker.join(0.02)
+                if stopped_at is None and cancelled(cancel):
+                    stopped_at = time.monotonic()
+                if stopped_at is not None and isinstance(t, Interruptible):
+                    t.interrupt()  # again at every poll: a run that was just starting is stopped too
+                if stopped_at is not None and worker.is_alive() and time.monotonic() - stopped_at > STOP_GRACE_SECONDS:
+                    text = (f"[stopped by the user: {recipient} did not return within {STOP_GRACE_SECONDS:g} s of "
+                            "the stop; it may still be running, and its result will not be seen]")
+                    return ToolReply((reply(message, text),), status="abandoned")
+        except BaseException:
+            if isinstance(t, Interruptible):
+                t.interrupt()
+            raise
         got = box[0]
         if stopped_at is not None and got.status == "done":
             return ToolReply(got.messages, got.outputs, "interrupted")
@@ -173,12 +189,6 @@ class Toolbox:
         except Exception as e:  # a tool's own bug still reaches the model as a tool message
             return ToolReply((reply(message, f"Error: the tool {recipient} failed: {type(e).__name__}: {e}"),))
         return out if isinstance(out, ToolReply) else ToolReply(tuple(out))
-
-    def interrupt(self) -> None:
-        """Interrupt every tool that can be (the python tool's running code)."""
-        for t in self.tools:
-            if isinstance(t, Interruptible):
-                t.interrupt()
 
     def close(self) -> None:
         for t in self.tools:
