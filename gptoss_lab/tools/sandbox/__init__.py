@@ -241,11 +241,6 @@ class Sandbox:
         return describe(self, groups)
 
     @property
-    def limits_enforced(self) -> list[str]:
-        """The report's layers as ``name: what holds`` lines."""
-        return [f"{k}: {v}" for k, v in self.report.layers.items()]
-
-    @property
     def disk_limit(self) -> str | None:
         """The work dir's limit in words for the tool's declaration (None: not limited)."""
         return None if self._work.limit else f"up to {self.disk_mb} MB and {self.files} files"

@@ -61,6 +61,8 @@ class Kernel:
         self._namespace: str | None = None
         self.sockets = plan.work.new_socket_dir()
         self.killed_for: str | None = None  # set by the watchdog: why it killed the kernel
+        self._drain: threading.Thread | None = None
+        self._err_tail = b""
 
     # -- start ----------------------------------------------------------------------------------
 
@@ -97,7 +99,10 @@ class Kernel:
         try:
             self.proc = spawn(argv, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, start_new_session=True, pass_fds=pass_fds)
-            assert self.proc.stdin is not None
+            assert self.proc.stdin is not None and self.proc.stderr is not None
+            self._drain = threading.Thread(target=self._drain_stderr, args=(self.proc.stderr,),
+                                           name="gptoss-lab-sandbox-stderr", daemon=True)
+            self._drain.start()
             self.proc.stdin.write(json.dumps(spec).encode())
             self.proc.stdin.close()
         except (OSError, BrokenPipeError) as e:
@@ -149,13 +154,25 @@ class Kernel:
             self.ready.set()
 
     def _stderr(self) -> str:
-        proc = self.proc
-        if proc is None or proc.stderr is None:
-            return ""
+        for _ in range(20):  # what it said before it died: the drain has it once the pipe closed
+            if self._drain is None or not self._drain.is_alive():
+                break
+            time.sleep(0.05)
+        return self._err_tail.decode(errors="replace")[-2000:]
+
+    def _drain_stderr(self, pipe: Any) -> None:
+        # Read as it comes, keeping a tail: a kernel (or code in it) writing fd 2 must never block on a
+        # full pipe, and the parent keeps no more than a few KB of it.
         try:
-            return proc.stderr.read(65536).decode(errors="replace")[-2000:]
+            while True:
+                chunk = pipe.read1(65536)
+                if not chunk:
+                    break
+                self._err_tail = (self._err_tail + chunk)[-4096:]
         except (OSError, ValueError):
-            return ""
+            pass
+        finally:
+            pipe.close()  # here, not in kill(): a process of the sandbox may hold the pipe open a moment longer
 
     # -- while it runs --------------------------------------------------------------------------
 
@@ -269,8 +286,6 @@ class Kernel:
                 _signal_group(proc.pid, signal.SIGKILL)  # bwrap, and with it everything in its namespace
                 kill_all(processes_in(self._namespace) if self._namespace else [])
             proc.wait(timeout=10)
-            if proc.stderr:
-                proc.stderr.close()
         if self.group is not None:
             self.group.remove()
         self.plan.work.drop_socket_dir(self.sockets)

@@ -1,7 +1,7 @@
 """Running code in a sandbox kernel and reading what it sends, without ever raising on it.
 
-Every message is read with a byte budget (the client's sockets already refuse oversized frames),
-decoded inside ``try``, and checked for the fields it must have before use. A message that cannot
+Every message comes from the relay (``relay.py``: oversized and malformed ones already set aside
+there), and is checked again here for the fields it must have before use. A message that cannot
 be read or is malformed is counted and said in the text the model reads; the run goes on until the
 kernel says it is idle (or its ``execute_reply`` arrives, if the idle status was lost).
 """
@@ -20,7 +20,7 @@ MAX_OUTPUTS = 50
 MAX_OUTPUT_BYTES = 8 * 2**20
 # Most text (and messages) read from one run: past it the rest is drained and counted, not kept.
 MAX_READ_BYTES = 64 * 2**20
-MAX_MESSAGE_BYTES = 4 * 2**20  # the client's sockets refuse larger frames (see .kernel)
+MAX_MESSAGE_BYTES = 4 * 2**20  # the relay's sockets refuse larger frames (see relay.py)
 # Output of earlier runs read during one run past which the kernel is restarted (it floods).
 FLOOD_BYTES = 16 * 2**20
 
