@@ -130,7 +130,11 @@ def receive(channel, sock):
         counts["undecodable"] += 1
         return
     kind = msg.get("msg_type")
-    emit({"channel": channel, "msg_type": kind, "parent": watched, "content": trimmed(kind, msg.get("content"))})
+    content = trimmed(kind, msg.get("content"))
+    if kind == "execute_reply" or (kind == "status" and isinstance(content, dict)
+                                   and content.get("execution_state") == "idle"):
+        flush_counts(force=True)  # what was set aside during the run reaches the parent before its end
+    emit({"channel": channel, "msg_type": kind, "parent": watched, "content": content})
 
 
 def command(line):
