@@ -32,7 +32,8 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def m(tiny_dir):
-    return load(str(tiny_dir))
+    # transformers' own path, experts dequantized (the CPU engine's default is tested in test_cpu_engine.py)
+    return load(str(tiny_dir), moe="dequantized")
 
 
 def test_checkpoint_has_the_official_layout(tiny_dir):
@@ -267,8 +268,10 @@ def test_missing_tensors_are_reported_not_hidden(tiny_dir, tmp_path):
     del tensors[gone]
     save_file(tensors, str(shard), metadata={"format": "pt"})
     index_path.write_text(json.dumps(index))
-    notes = load(str(broken)).report.notes
+    notes = load(str(broken), moe="dequantized").report.notes
     assert any("lacks 1 tensors" in n and gone in n and "at random" in n for n in notes)
+    with pytest.raises(WeightsNotFoundError, match=f"1 tensors are missing \\({gone}\\)"):
+        load(str(broken))  # the CPU engine never leaves a weight at random
 
 
 def test_a_folder_without_weights_is_a_clear_error(tmp_path):

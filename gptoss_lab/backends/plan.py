@@ -1,10 +1,13 @@
 """What this machine can run, decided before any weight is read.
 
-transformers keeps gpt-oss's experts packed in MXFP4 only when the MXFP4 kernels can run: an NVIDIA
-GPU of compute capability 7.5 or newer, triton >= 3.4, a ``kernels`` version that transformers
-accepts, and the ``kernels-community/gpt-oss-triton-kernels`` hub kernel on hand. Otherwise it
-dequantizes the experts to bf16, and on CPU we then run float32 (bf16 matmuls are ~70x slower there).
-This module says which path a load will take and why, and whether the model fits.
+On a GPU, transformers keeps gpt-oss's experts packed in MXFP4 only when the MXFP4 kernels can run:
+an NVIDIA GPU of compute capability 7.5 or newer, triton >= 3.4, a ``kernels`` version that
+transformers accepts, and the ``kernels-community/gpt-oss-triton-kernels`` hub kernel on hand;
+otherwise it dequantizes the experts to bf16. On a CPU (Macs included: MPS would dequantize to bf16
+and 20b would not fit 16 GB), an MXFP4 checkpoint runs on our engine (``gptoss_lab.cpu``), experts
+packed and dense weights in bf16; ``moe="dequantized"`` asks for transformers' own path (float32,
+bf16 matmuls being ~70x slower there). This module says which path a load will take and why, and
+whether the model fits.
 """
 
 from __future__ import annotations
@@ -22,6 +25,12 @@ MIN_TRITON = (3, 4)
 # A margin for the KV cache, activations and the allocator, on top of the weights.
 OVERHEAD_FRACTION = 0.10
 OVERHEAD_BYTES = 512 * 2**20
+# The CPU engine's footprint is counted, not guessed: weights as held (experts packed, dense bf16, the
+# small rest float32), a float32 KV cache for CPU_CONTEXT tokens, and the process itself (torch, the
+# tokenizer, activations: measured by benchmarks/bench_cpu_engine.py on the 20b shape).
+CPU_CONTEXT = 4096
+CPU_RUNTIME_BYTES = 900 * 2**20
+MOE_CHOICES = ("auto", "dequantized")
 
 
 def version_of(package: str) -> str | None:
@@ -166,12 +175,49 @@ class MoePlan:
 
     @property
     def weights_key(self) -> str:
+        if self.moe_path.startswith("mxfp4-cpu"):
+            return "mxfp4-cpu"
         return {"mxfp4-kernels": "mxfp4", "dequantized-bf16": "bf16"}.get(self.moe_path, "fp32")
 
 
-def plan_moe(dev: Device, vers: dict[str, str | None] | None = None, dtype: str | None = None) -> MoePlan:
-    """Decide the MoE path for ``dev`` with the installed packages, and say why."""
+def _cpu_engine_plan() -> MoePlan:
+    from ..cpu import expected_isa
+    from ..cpu.build import build_dir, compiler
+
+    isa = expected_isa()
+    built = any(build_dir().glob("*.so"))
+    if built or compiler() is not None:
+        how = "built" if built else "compiled into the cache on first use (about a minute)"
+        return MoePlan(
+            "mxfp4-cpu", "float32",
+            f"on CPU, gptoss-lab's MXFP4 engine keeps the experts packed and the dense weights in bf16, "
+            f"arithmetic in float32 ({isa} kernels, {how}); load(..., moe='dequantized') runs transformers' own path",
+        )
+    return MoePlan(
+        "mxfp4-cpu (torch fallback)", "float32",
+        "on CPU, gptoss-lab's MXFP4 engine keeps the experts packed; no C++ compiler was found, so its "
+        "pure-torch fallback runs them (correct, several times slower: install g++ or clang for the kernels)",
+    )
+
+
+def plan_moe(
+    dev: Device,
+    vers: dict[str, str | None] | None = None,
+    dtype: str | None = None,
+    *,
+    quantized: bool = True,
+    moe: str = "auto",
+) -> MoePlan:
+    """Decide the MoE path for ``dev`` with the installed packages, and say why.
+
+    ``quantized``: the checkpoint stores MXFP4 experts (every published gpt-oss does).
+    ``moe``: ``"auto"``, or ``"dequantized"`` for transformers' dequantizing path.
+    """
+    if moe not in MOE_CHOICES:
+        raise ValueError(f"moe must be one of {', '.join(map(repr, MOE_CHOICES))}, not {moe!r}")
     vers = versions() if vers is None else vers
+    if dev.type == "cpu" and quantized and moe == "auto" and dtype in (None, "float32"):
+        return _cpu_engine_plan()
     if dev.type == "cpu":
         dtype = dtype or "float32"
         path = "dequantized-bf16" if dtype == "bfloat16" else "dequantized-float32"
@@ -196,6 +242,8 @@ def plan_moe(dev: Device, vers: dict[str, str | None] | None = None, dtype: str 
         ok, where = mxfp4_kernel_on_hand()
         if not ok:
             blockers.append(where)
+    if moe == "dequantized":
+        blockers.append("moe='dequantized' was asked for")
     if blockers:
         return MoePlan(
             "dequantized-bf16", dtype,
@@ -205,6 +253,8 @@ def plan_moe(dev: Device, vers: dict[str, str | None] | None = None, dtype: str 
 
 
 def needed_bytes(size: Size, plan: MoePlan) -> int:
+    if plan.weights_key == "mxfp4-cpu":
+        return size.weights_bytes_cpu + size.kv_values_per_token * 4 * CPU_CONTEXT + CPU_RUNTIME_BYTES
     weights = size.bytes_for(plan.weights_key)
     return int(weights * (1 + OVERHEAD_FRACTION)) + OVERHEAD_BYTES
 
@@ -222,6 +272,7 @@ def fit_message(name: str, size: Size, plan: MoePlan, dev: Device) -> tuple[bool
     return False, (
         f"{name} will not fit: {plan.moe_path} on {where} needs ~{gb(need)} but {gb(dev.free_bytes)} is free. "
         f"It takes ~{gb(size.weights_bytes_mxfp4)} with the MXFP4 kernels (an NVIDIA GPU of compute capability "
-        f">= 7.5 with triton >= 3.4 and kernels), ~{gb(size.weights_bytes_bf16)} dequantized to bf16, "
-        f"~{gb(size.weights_bytes_fp32)} in float32 on CPU; a smaller model ('tiny') runs anywhere"
+        f">= 7.5 with triton >= 3.4 and kernels), ~{gb(size.weights_bytes_cpu)} with gptoss-lab's CPU engine "
+        f"(plus a {CPU_CONTEXT}-token KV cache), ~{gb(size.weights_bytes_bf16)} dequantized to bf16, "
+        f"~{gb(size.weights_bytes_fp32)} in float32 on CPU; nano runs anywhere"
     ), need

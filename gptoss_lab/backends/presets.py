@@ -70,7 +70,9 @@ class Size:
     expert_weights: int  # the expert matrices: what MXFP4 packs
     weights_bytes_mxfp4: int  # experts packed, everything else bf16: the published checkpoints
     weights_bytes_bf16: int  # everything bf16: what a dequantized load holds
-    weights_bytes_fp32: int  # everything float32: CPU inference
+    weights_bytes_fp32: int  # everything float32: transformers' CPU inference
+    weights_bytes_cpu: int = 0  # the CPU engine: experts packed, dense weights bf16, norms/router/biases/sinks float32
+    kv_values_per_token: int = 0  # keys and values the cache holds per token, all layers
 
     def bytes_for(self, moe_path: str) -> int:
         return {"mxfp4": self.weights_bytes_mxfp4, "bf16": self.weights_bytes_bf16, "fp32": self.weights_bytes_fp32}[moe_path]
@@ -90,6 +92,8 @@ def size_of(config: Any) -> Size:
     embeddings = s.vocab_size * h * (1 if s.tie_word_embeddings else 2)
     total = s.num_hidden_layers * per_layer + embeddings + h
     expert_weights = s.num_hidden_layers * expert_w
+    dense = s.num_hidden_layers * (h * q + 2 * h * kv + q * h) + embeddings  # what stays bf16 on the CPU engine
+    small = total - expert_weights - dense  # biases, norms, router, sinks: float32 there
     active = total - expert_weights - s.num_hidden_layers * expert_b
     active += s.num_hidden_layers * s.num_experts_per_tok * (expert_w + expert_b) // e
     if not s.tie_word_embeddings:
@@ -101,4 +105,6 @@ def size_of(config: Any) -> Size:
         weights_bytes_mxfp4=(total - expert_weights) * 2 + packed_bytes(expert_weights),
         weights_bytes_bf16=total * 2,
         weights_bytes_fp32=total * 4,
+        weights_bytes_cpu=packed_bytes(expert_weights) + dense * 2 + small * 4,
+        kv_values_per_token=s.num_hidden_layers * 2 * kv,
     )

@@ -45,6 +45,7 @@ def load(
     dtype: str | None = None,
     attn_implementation: str | None = None,
     check_fit: bool = True,
+    moe: str = "auto",
 ) -> TransformersBackend:
     """Load a gpt-oss model into this process.
 
@@ -57,13 +58,18 @@ def load(
         (the report says which, and why).
     device
         ``"auto"`` (a CUDA GPU when torch sees one, else the CPU), ``"cuda"``, ``"cuda:N"`` or ``"cpu"``.
+        On a CPU, MXFP4 checkpoints run on gptoss-lab's CPU engine: experts packed, dense weights bf16.
     dtype
-        ``"float32"`` or ``"bfloat16"``; default float32 on CPU and bfloat16 on GPU.
+        ``"float32"`` or ``"bfloat16"``; default float32 on CPU and bfloat16 on GPU. ``bfloat16`` on a
+        CPU means transformers' dequantized path in bf16.
     attn_implementation
         Passed to transformers; default eager on CPU, and on GPU the attention-sinks flash kernel where
         it can be had (else eager, with a note).
     check_fit
         Refuse a model that will not fit in free memory (checked from the config, before any weight).
+    moe
+        ``"auto"`` (the packed path this machine can run), or ``"dequantized"``: transformers' own
+        path, experts dequantized (float32 on CPU), for comparison.
 
     Raises
     ------
@@ -80,9 +86,10 @@ def load(
         model, chosen = default_model()
     source = resolve(model)  # missing weights are the first thing a user must hear about
     dev = detect_device(device)
-    plan = plan_moe(dev, dtype=dtype)
     preset = preset_for(source.hub_id or "") if source.path is None else None
     config = preset.shape if preset is not None else read_config(source)
+    quantized = preset is not None or _is_mxfp4(config)
+    plan = plan_moe(dev, dtype=dtype, quantized=quantized, moe=moe)
     size = size_of(config)
     fits, message, need = fit_message(model, size, plan, dev)
     if check_fit and not fits:
@@ -94,10 +101,14 @@ def load(
         download(source)
     if not isinstance(config, dict):  # a preset sized the model before the download: read the real config now
         config = read_config(source)
-    hf_model, attn, said = _from_pretrained(source, config, dev, plan, attn_implementation)
+    if plan.weights_key == "mxfp4-cpu":
+        hf_model, attn, said = _cpu_engine(source, attn_implementation)
+    else:
+        hf_model, attn, said = _from_pretrained(source, config, dev, plan, attn_implementation)
     notes = [plan.reason] + plan.notes
     moe_path = _moe_path_in(hf_model, plan)
-    if moe_path != plan.moe_path:
+    as_planned = moe_path == plan.moe_path or (plan.moe_path == "mxfp4-cpu" and "fallback" not in moe_path)
+    if not as_planned:
         notes.append(f"fell back from {plan.moe_path} to {moe_path}")
     notes += [f"transformers said: {m}" for m in said]
     if chosen:
@@ -118,9 +129,22 @@ def load(
         memory_bytes=int(hf_model.get_memory_footprint()),
         load_seconds=time.perf_counter() - t0,
         notes=notes,
-        engine="transformers",
+        engine="transformers + gptoss-lab CPU MXFP4 engine" if moe_path.startswith("mxfp4-cpu") else "transformers",
     )
     return TransformersBackend(hf_model, report)
+
+
+def _is_mxfp4(config: Any) -> bool:
+    return isinstance(config, dict) and (config.get("quantization_config") or {}).get("quant_method") == "mxfp4"
+
+
+def _cpu_engine(source: Source, attn: str | None) -> tuple[Any, str, list[str]]:
+    from ..cpu import build, loader
+
+    ops = build.ops()
+    said = [] if ops is not None else [f"the CPU kernels are not available ({build.why_not()}): the pure-torch fallback runs"]
+    model = loader.load_model(source.path, ops, attn_implementation=attn or "eager")
+    return model, str(model.config._attn_implementation), said
 
 
 def nano_note(marker: dict[str, Any]) -> str:
@@ -190,6 +214,10 @@ def _plain(message: str) -> str:
 
 def _moe_path_in(model: Any, plan: MoePlan) -> str:
     experts = model.model.layers[0].mlp.experts
+    if type(experts).__name__ == "PackedExperts":
+        from ..cpu import engine_label
+
+        return engine_label(experts.ops)
     if type(experts).__name__ == "Mxfp4GptOssExperts":
         return "mxfp4-kernels"
     dtype = str(experts.gate_up_proj.dtype).replace("torch.", "")
@@ -222,7 +250,7 @@ class TransformersBackend:
             logprobs=True,
             routing=True,
             # the sinks' share is read from the attention weights, which only eager attention returns
-            sinks=config._attn_implementation == "eager",
+            sinks=config._attn_implementation in ("eager", "gptoss_lab_cpu"),
             prefix_cache=True,
             context_length=getattr(config, "max_position_embeddings", None),
             experts=getattr(config, "num_local_experts", None),

@@ -1,0 +1,44 @@
+"""The CPU MXFP4 engine: gpt-oss with its experts kept packed, inside transformers' model.
+
+On a CPU, transformers dequantizes gpt-oss's MXFP4 experts (gpt-oss-20b: ~42 GB in bf16, ~84 GB in
+float32). This engine keeps them as the checkpoint stores them (4.25 bits a weight) and keeps the
+dense weights in bf16, so 20b fits in about 13 GiB; the arithmetic is float32 throughout.
+
+We wrote the kernels (``csrc/``) because no maintained library has them: transformers' own CPU MXFP4
+route needs triton, the hub's megablocks build and AVX-512-BF16; torchao's int4 is affine (lossy for
+e2m1); llama.cpp's dot products quantize the activations to 8 bits and live outside the model. The
+engine plugs into transformers' ``GptOssForCausalLM`` by swapping modules (``modules.py``), so the
+model's hooks, caches and attention are transformers' own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def engine_label(ops: Any) -> str:
+    """What runs the experts, for the load report: ``mxfp4-cpu (avx512)``, ``mxfp4-cpu (torch fallback)``."""
+    return f"mxfp4-cpu ({ops.isa()})" if ops is not None else "mxfp4-cpu (torch fallback)"
+
+
+def expected_isa() -> str:
+    """The instruction set the kernels would pick on this CPU, read from /proc/cpuinfo (no build)."""
+    import platform
+
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    if {"avx512f", "avx512bw", "avx512vl"} <= flags:
+        return "avx512"
+    if {"avx2", "fma"} <= flags:
+        return "avx2"
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64") and not flags:
+        return "avx2 or scalar"
+    return "scalar" if machine not in ("arm64", "aarch64") else "scalar (NEON by the compiler)"

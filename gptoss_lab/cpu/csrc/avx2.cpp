@@ -1,0 +1,155 @@
+// AVX2 + FMA: 8 floats a vector. A group's 16 bytes widen in two halves of 8; vpermps looks up the
+// magnitude from an index's low 3 bits and the sign bit (bit 3, or bit 7 for the high nibble) is
+// shifted to bit 31 and xor-ed in.
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+
+#include "kernels.h"
+
+#define TARGET __attribute__((target("avx2,fma")))
+
+namespace gptoss_cpu {
+namespace {
+
+constexpr int kTokens = 4;
+
+TARGET inline float hsum(__m256 v) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 h = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
+}
+
+// The 8 e2m1 values coded in the low nibbles of v (one code per 32-bit lane), and the high nibbles'.
+TARGET inline void decode8(__m256i v, __m256 mags, __m256 sc, __m256& lo, __m256& hi) {
+  const __m256i sign = _mm256_set1_epi32(static_cast<int>(0x80000000u));
+  const __m256i vh = _mm256_srli_epi32(v, 4);
+  const __m256 lo_mag = _mm256_permutevar8x32_ps(mags, v);
+  const __m256 hi_mag = _mm256_permutevar8x32_ps(mags, vh);
+  lo = _mm256_xor_ps(lo_mag, _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(v, 28), sign)));
+  hi = _mm256_xor_ps(hi_mag, _mm256_castsi256_ps(_mm256_and_si256(_mm256_slli_epi32(vh, 28), sign)));
+  lo = _mm256_mul_ps(lo, sc);
+  hi = _mm256_mul_ps(hi, sc);
+}
+
+TARGET inline __m256i widen8(const uint8_t* p) {
+  return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+}
+
+template <int N>
+TARGET void mxfp4_row(const float* xs, int64_t K, const uint8_t* b, const uint8_t* s, float* out, int64_t ldo) {
+  // Independent accumulators so that the FMAs of a group do not wait on each other's latency; with
+  // four tokens in flight two per token are enough (and sixteen registers are all AVX2 has).
+  constexpr int A = N <= 2 ? 4 : 2;
+  const int64_t G = K / kBlock;
+  const float* scale = e8m0_table();
+  const __m256 mags = _mm256_loadu_ps(kE2M1);  // the 8 magnitudes: codes 0..7
+  __m256 acc[N][A];
+  for (int t = 0; t < N; ++t)
+    for (int a = 0; a < A; ++a) acc[t][a] = _mm256_setzero_ps();
+  for (int64_t g = 0; g < G; ++g) {
+    const __m256 sc = _mm256_set1_ps(scale[s[g]]);
+    __m256 lo0, hi0, lo1, hi1;
+    decode8(widen8(b + g * 16), mags, sc, lo0, hi0);      // bytes 0..7: even elements 0..7, odd 0..7
+    decode8(widen8(b + g * 16 + 8), mags, sc, lo1, hi1);  // bytes 8..15
+    for (int t = 0; t < N; ++t) {
+      const float* x = xs + t * K + g * 32;  // split: evens x[0..15], odds x[16..31]
+      acc[t][0] = _mm256_fmadd_ps(lo0, _mm256_loadu_ps(x), acc[t][0]);
+      acc[t][1 % A] = _mm256_fmadd_ps(lo1, _mm256_loadu_ps(x + 8), acc[t][1 % A]);
+      acc[t][2 % A] = _mm256_fmadd_ps(hi0, _mm256_loadu_ps(x + 16), acc[t][2 % A]);
+      acc[t][3 % A] = _mm256_fmadd_ps(hi1, _mm256_loadu_ps(x + 24), acc[t][3 % A]);
+    }
+  }
+  for (int t = 0; t < N; ++t) {
+    __m256 sum = acc[t][0];
+    for (int a = 1; a < A; ++a) sum = _mm256_add_ps(sum, acc[t][a]);
+    out[t * ldo] = hsum(sum);
+  }
+}
+
+TARGET void mxfp4_rows(const float* xs, int64_t n, int64_t K, const uint8_t* blocks, const uint8_t* scales,
+                       int64_t r0, int64_t r1, float* out, int64_t ldo) {
+  const int64_t G = K / kBlock;
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* b = blocks + r * G * 16;
+    const uint8_t* s = scales + r * G;
+    int64_t t = 0;
+    for (; t + kTokens <= n; t += kTokens) mxfp4_row<kTokens>(xs + t * K, K, b, s, out + t * ldo + r, ldo);
+    switch (n - t) {
+      case 3: mxfp4_row<3>(xs + t * K, K, b, s, out + t * ldo + r, ldo); break;
+      case 2: mxfp4_row<2>(xs + t * K, K, b, s, out + t * ldo + r, ldo); break;
+      case 1: mxfp4_row<1>(xs + t * K, K, b, s, out + t * ldo + r, ldo); break;
+      default: break;
+    }
+  }
+}
+
+TARGET inline __m256 bf16x8(const uint16_t* p) {
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+}
+
+template <int N>
+TARGET void bf16_row(const float* x, int64_t K, const uint16_t* w, float* out, int64_t ldo) {
+  __m256 acc[N];
+  for (int t = 0; t < N; ++t) acc[t] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    const __m256 wv = bf16x8(w + k);
+    for (int t = 0; t < N; ++t) acc[t] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + t * K + k), acc[t]);
+  }
+  for (int t = 0; t < N; ++t) {
+    float total = hsum(acc[t]);
+    for (int64_t j = k; j < K; ++j) {
+      const uint32_t bits = static_cast<uint32_t>(w[j]) << 16;
+      float f;
+      __builtin_memcpy(&f, &bits, sizeof f);
+      total += f * x[t * K + j];
+    }
+    out[t * ldo] = total;
+  }
+}
+
+TARGET void bf16_rows(const float* x, int64_t n, int64_t K, const uint16_t* w, int64_t r0, int64_t r1, float* out,
+                      int64_t ldo) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint16_t* row = w + r * K;
+    int64_t t = 0;
+    for (; t + kTokens <= n; t += kTokens) bf16_row<kTokens>(x + t * K, K, row, out + t * ldo + r, ldo);
+    switch (n - t) {
+      case 3: bf16_row<3>(x + t * K, K, row, out + t * ldo + r, ldo); break;
+      case 2: bf16_row<2>(x + t * K, K, row, out + t * ldo + r, ldo); break;
+      case 1: bf16_row<1>(x + t * K, K, row, out + t * ldo + r, ldo); break;
+      default: break;
+    }
+  }
+}
+
+TARGET void mxfp4_dequant(const uint8_t* blocks, const uint8_t* scales, int64_t K, int64_t r0, int64_t r1,
+                          float* out) {
+  const int64_t G = K / kBlock;
+  const float* scale = e8m0_table();
+  const __m256 mags = _mm256_loadu_ps(kE2M1);
+  for (int64_t r = r0; r < r1; ++r) {
+    float* o = out + (r - r0) * K;
+    for (int64_t g = 0; g < G; ++g) {
+      const uint8_t* b = blocks + (r * G + g) * 16;
+      const __m256 sc = _mm256_set1_ps(scale[scales[r * G + g]]);
+      for (int half = 0; half < 2; ++half) {
+        __m256 lo, hi;
+        decode8(widen8(b + half * 8), mags, sc, lo, hi);
+        // interleave: (lo0 hi0 lo1 hi1 ...) within 128-bit lanes, then put the lanes in order
+        const __m256 a = _mm256_unpacklo_ps(lo, hi);  // lo0 hi0 lo1 hi1 | lo4 hi4 lo5 hi5
+        const __m256 c = _mm256_unpackhi_ps(lo, hi);  // lo2 hi2 lo3 hi3 | lo6 hi6 lo7 hi7
+        _mm256_storeu_ps(o + g * 32 + half * 16, _mm256_permute2f128_ps(a, c, 0x20));
+        _mm256_storeu_ps(o + g * 32 + half * 16 + 8, _mm256_permute2f128_ps(a, c, 0x31));
+      }
+    }
+  }
+}
+
+}  // namespace
+
+Kernels avx2_kernels() { return {"avx2", mxfp4_rows, bf16_rows, mxfp4_dequant}; }
+
+}  // namespace gptoss_cpu
+#endif

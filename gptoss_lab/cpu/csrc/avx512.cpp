@@ -1,0 +1,153 @@
+// AVX-512 (F + BW): 16 floats a vector. One group of 32 MXFP4 weights is one 16-byte load widened to
+// 16 lanes; vpermps looks up the low nibble (it reads only an index's low 4 bits) and, after a shift,
+// the high one, so a group costs two lookups, two scale multiplies and two FMAs per token.
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+
+#include "kernels.h"
+
+#define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma")))
+
+namespace gptoss_cpu {
+namespace {
+
+constexpr int kTokens = 4;  // tokens kept in registers per pass over a row
+
+template <int N>
+TARGET void mxfp4_row(const float* xs, int64_t K, const uint8_t* b, const uint8_t* s, float* out, int64_t ldo) {
+  const int64_t G = K / kBlock;
+  const float* scale = e8m0_table();
+  const __m512 lut = _mm512_loadu_ps(kE2M1);
+  __m512 lo_acc[N], hi_acc[N];
+  for (int t = 0; t < N; ++t) lo_acc[t] = hi_acc[t] = _mm512_setzero_ps();
+  for (int64_t g = 0; g < G; ++g) {
+    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + g * 16)));
+    const __m512 sc = _mm512_set1_ps(scale[s[g]]);
+    const __m512 lo = _mm512_mul_ps(_mm512_permutexvar_ps(v, lut), sc);
+    const __m512 hi = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), lut), sc);
+    for (int t = 0; t < N; ++t) {
+      const float* x = xs + t * K + g * 32;
+      lo_acc[t] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(x), lo_acc[t]);
+      hi_acc[t] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(x + 16), hi_acc[t]);
+    }
+  }
+  for (int t = 0; t < N; ++t) out[t * ldo] = _mm512_reduce_add_ps(_mm512_add_ps(lo_acc[t], hi_acc[t]));
+}
+
+// One token (decode): two groups per step into four accumulators, so that FMA latency never waits.
+template <>
+TARGET void mxfp4_row<1>(const float* x, int64_t K, const uint8_t* b, const uint8_t* s, float* out, int64_t) {
+  const int64_t G = K / kBlock;
+  const float* scale = e8m0_table();
+  const __m512 lut = _mm512_loadu_ps(kE2M1);
+  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  int64_t g = 0;
+  for (; g + 2 <= G; g += 2) {
+    for (int u = 0; u < 2; ++u) {
+      const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + (g + u) * 16)));
+      const __m512 sc = _mm512_set1_ps(scale[s[g + u]]);
+      const __m512 lo = _mm512_mul_ps(_mm512_permutexvar_ps(v, lut), sc);
+      const __m512 hi = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), lut), sc);
+      acc[2 * u] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(x + (g + u) * 32), acc[2 * u]);
+      acc[2 * u + 1] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(x + (g + u) * 32 + 16), acc[2 * u + 1]);
+    }
+  }
+  for (; g < G; ++g) {
+    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + g * 16)));
+    const __m512 sc = _mm512_set1_ps(scale[s[g]]);
+    acc[0] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_permutexvar_ps(v, lut), sc), _mm512_loadu_ps(x + g * 32), acc[0]);
+    acc[1] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), lut), sc),
+                             _mm512_loadu_ps(x + g * 32 + 16), acc[1]);
+  }
+  *out = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+}
+
+TARGET void mxfp4_rows(const float* xs, int64_t n, int64_t K, const uint8_t* blocks, const uint8_t* scales,
+                       int64_t r0, int64_t r1, float* out, int64_t ldo) {
+  const int64_t G = K / kBlock;
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* b = blocks + r * G * 16;
+    const uint8_t* s = scales + r * G;
+    int64_t t = 0;
+    for (; t + kTokens <= n; t += kTokens) mxfp4_row<kTokens>(xs + t * K, K, b, s, out + t * ldo + r, ldo);
+    switch (n - t) {
+      case 3: mxfp4_row<3>(xs + t * K, K, b, s, out + t * ldo + r, ldo); break;
+      case 2: mxfp4_row<2>(xs + t * K, K, b, s, out + t * ldo + r, ldo); break;
+      case 1: mxfp4_row<1>(xs + t * K, K, b, s, out + t * ldo + r, ldo); break;
+      default: break;
+    }
+  }
+}
+
+TARGET inline __m512 bf16x16(const uint16_t* p) {
+  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+TARGET inline __m512 bf16_tail(const uint16_t* p, int64_t count) {
+  const __mmask16 m = static_cast<__mmask16>((1u << count) - 1);
+  const __m256i raw = _mm256_maskz_loadu_epi16(m, p);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+template <int N>
+TARGET void bf16_row(const float* x, int64_t K, const uint16_t* w, float* out, int64_t ldo) {
+  __m512 acc[N];
+  for (int t = 0; t < N; ++t) acc[t] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16) {
+    const __m512 wv = bf16x16(w + k);
+    for (int t = 0; t < N; ++t) acc[t] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + t * K + k), acc[t]);
+  }
+  if (k < K) {
+    const int64_t rest = K - k;
+    const __mmask16 m = static_cast<__mmask16>((1u << rest) - 1);
+    const __m512 wv = bf16_tail(w + k, rest);
+    for (int t = 0; t < N; ++t) acc[t] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, x + t * K + k), acc[t]);
+  }
+  for (int t = 0; t < N; ++t) out[t * ldo] = _mm512_reduce_add_ps(acc[t]);
+}
+
+TARGET void bf16_rows(const float* x, int64_t n, int64_t K, const uint16_t* w, int64_t r0, int64_t r1, float* out,
+                      int64_t ldo) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint16_t* row = w + r * K;
+    int64_t t = 0;
+    for (; t + kTokens <= n; t += kTokens) bf16_row<kTokens>(x + t * K, K, row, out + t * ldo + r, ldo);
+    switch (n - t) {
+      case 3: bf16_row<3>(x + t * K, K, row, out + t * ldo + r, ldo); break;
+      case 2: bf16_row<2>(x + t * K, K, row, out + t * ldo + r, ldo); break;
+      case 1: bf16_row<1>(x + t * K, K, row, out + t * ldo + r, ldo); break;
+      default: break;
+    }
+  }
+}
+
+TARGET void mxfp4_dequant(const uint8_t* blocks, const uint8_t* scales, int64_t K, int64_t r0, int64_t r1,
+                          float* out) {
+  const int64_t G = K / kBlock;
+  const float* scale = e8m0_table();
+  const __m512 lut = _mm512_loadu_ps(kE2M1);
+  // interleave lo/hi lanes back into natural order: out[2j] = lo[j], out[2j+1] = hi[j]
+  const __m512i first = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  const __m512i second = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+  for (int64_t r = r0; r < r1; ++r) {
+    float* o = out + (r - r0) * K;
+    for (int64_t g = 0; g < G; ++g) {
+      const __m512i v =
+          _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blocks + (r * G + g) * 16)));
+      const __m512 sc = _mm512_set1_ps(scale[scales[r * G + g]]);
+      const __m512 lo = _mm512_mul_ps(_mm512_permutexvar_ps(v, lut), sc);
+      const __m512 hi = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), lut), sc);
+      _mm512_storeu_ps(o + g * 32, _mm512_permutex2var_ps(lo, first, hi));
+      _mm512_storeu_ps(o + g * 32 + 16, _mm512_permutex2var_ps(lo, second, hi));
+    }
+  }
+}
+
+}  // namespace
+
+Kernels avx512_kernels() { return {"avx512", mxfp4_rows, bf16_rows, mxfp4_dequant}; }
+
+}  // namespace gptoss_cpu
+#endif

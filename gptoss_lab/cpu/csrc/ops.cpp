@@ -1,0 +1,288 @@
+// Torch bindings of the CPU MXFP4 engine: the instruction set is chosen here, once, from what the CPU
+// reports (AVX-512 F+BW, else AVX2+FMA, else the scalar reference), and every op runs on torch's
+// intra-op thread pool (at::parallel_for), so torch.set_num_threads governs it.
+//
+//   mxfp4_linear(x, blocks, scales, bias)   x (n, K) f32 @ W^T, W packed (M, K/32, 16) + (M, K/32)
+//   mxfp4_dequantize(blocks, scales)         W as float32 (M, K)
+//   bf16_linear(x, w, bias)                  x (n, K) f32 @ W^T, W bf16 (M, K)
+//   moe_forward(x, idx, weights, ...)        gpt-oss's expert block for tokens x (T, H) routed to idx (T, k)
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include <string>
+#include <vector>
+
+#include "kernels.h"
+
+namespace gptoss_cpu {
+namespace {
+
+Kernels pick_best() {
+#if defined(__x86_64__) || defined(_M_X64)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+    return avx512_kernels();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return avx2_kernels();
+#endif
+  return scalar_kernels();
+}
+
+Kernels& active() {
+  static Kernels k = pick_best();
+  return k;
+}
+
+std::vector<std::string> available() {
+  std::vector<std::string> out{"scalar"};
+#if defined(__x86_64__) || defined(_M_X64)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) out.push_back("avx2");
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+    out.push_back("avx512");
+#endif
+  return out;
+}
+
+void set_isa(const std::string& name) {
+  if (name == "best") { active() = pick_best(); return; }
+  for (const auto& a : available()) {
+    if (a != name) continue;
+    if (name == "scalar") active() = scalar_kernels();
+#if defined(__x86_64__) || defined(_M_X64)
+    if (name == "avx2") active() = avx2_kernels();
+    if (name == "avx512") active() = avx512_kernels();
+#endif
+    return;
+  }
+  TORCH_CHECK(false, "this CPU cannot run the '", name, "' kernels");
+}
+
+std::string isa() { return active().name; }
+
+constexpr int64_t kGrain = 16;  // rows per task: small enough to spread 2880 rows over many cores
+
+// Each group of 32 values as its 16 even-indexed values then its 16 odd-indexed ones.
+void split_groups(const float* x, int64_t n, int64_t K, float* xs) {
+  for (int64_t t = 0; t < n; ++t) {
+    const float* src = x + t * K;
+    float* dst = xs + t * K;
+    for (int64_t g = 0; g < K; g += kBlock)
+      for (int j = 0; j < 16; ++j) {
+        dst[g + j] = src[g + 2 * j];
+        dst[g + 16 + j] = src[g + 2 * j + 1];
+      }
+  }
+}
+
+void check_packed(const at::Tensor& blocks, const at::Tensor& scales, int64_t K) {
+  TORCH_CHECK(blocks.scalar_type() == at::kByte && scales.scalar_type() == at::kByte, "blocks and scales must be uint8");
+  TORCH_CHECK(blocks.is_contiguous() && scales.is_contiguous(), "blocks and scales must be contiguous");
+  TORCH_CHECK(K % kBlock == 0, "MXFP4 rows must have a multiple of 32 columns, got ", K);
+}
+
+void check_x(const at::Tensor& x) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous(), "x must be contiguous float32 (n, K)");
+  TORCH_CHECK(x.device().is_cpu(), "the CPU MXFP4 engine takes CPU tensors");
+}
+
+void add_bias(at::Tensor& out, const c10::optional<at::Tensor>& bias) {
+  if (bias.has_value() && bias->defined()) out.add_(bias->to(at::kFloat).unsqueeze(0));
+}
+
+// Rows [0, M) of a packed weight against n split tokens, spread over the thread pool.
+void packed_rows(const float* xs, int64_t n, int64_t K, const uint8_t* b, const uint8_t* s, int64_t M, float* out,
+                 int64_t ldo) {
+  const auto fn = active().mxfp4_rows;
+  at::parallel_for(0, M, kGrain, [&](int64_t r0, int64_t r1) { fn(xs, n, K, b, s, r0, r1, out, ldo); });
+}
+
+at::Tensor dequantize_rows(const uint8_t* b, const uint8_t* s, int64_t M, int64_t K) {
+  auto out = at::empty({M, K}, at::kFloat);
+  float* o = out.data_ptr<float>();
+  const auto fn = active().mxfp4_dequant;
+  at::parallel_for(0, M, kGrain, [&](int64_t r0, int64_t r1) { fn(b, s, K, r0, r1, o + r0 * K); });
+  return out;
+}
+
+at::Tensor mxfp4_linear(const at::Tensor& x, const at::Tensor& blocks, const at::Tensor& scales,
+                        const c10::optional<at::Tensor>& bias) {
+  check_x(x);
+  const int64_t n = x.size(0), K = x.size(1), M = blocks.size(0);
+  check_packed(blocks, scales, K);
+  TORCH_CHECK(blocks.numel() == M * K / 2 && scales.numel() == M * K / kBlock, "blocks/scales do not match x's width ", K);
+  auto out = at::empty({n, M}, at::kFloat);
+  auto xs = at::empty_like(x);
+  split_groups(x.data_ptr<float>(), n, K, xs.data_ptr<float>());
+  packed_rows(xs.data_ptr<float>(), n, K, blocks.data_ptr<uint8_t>(), scales.data_ptr<uint8_t>(), M,
+              out.data_ptr<float>(), M);
+  add_bias(out, bias);
+  return out;
+}
+
+at::Tensor mxfp4_dequantize(const at::Tensor& blocks, const at::Tensor& scales) {
+  const int64_t M = scales.size(0), K = scales.numel() / M * kBlock;
+  check_packed(blocks, scales, K);
+  return dequantize_rows(blocks.data_ptr<uint8_t>(), scales.data_ptr<uint8_t>(), M, K);
+}
+
+at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias,
+                       int64_t small_n) {
+  check_x(x);
+  TORCH_CHECK(w.scalar_type() == at::kBFloat16 && w.is_contiguous() && w.dim() == 2, "w must be contiguous bf16 (M, K)");
+  const int64_t n = x.size(0), K = x.size(1), M = w.size(0);
+  TORCH_CHECK(w.size(1) == K, "w has ", w.size(1), " columns, x has ", K);
+  auto out = at::empty({n, M}, at::kFloat);
+  if (n <= small_n) {
+    const auto fn = active().bf16_rows;
+    const float* xp = x.data_ptr<float>();
+    const auto* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>());
+    float* o = out.data_ptr<float>();
+    at::parallel_for(0, M, kGrain, [&](int64_t r0, int64_t r1) { fn(xp, n, K, wp, r0, r1, o, M); });
+  } else {
+    // Many tokens: float32 tiles of W through torch's GEMM (compute-bound; a tile is a few MB).
+    const int64_t tile = 2048;
+    for (int64_t r = 0; r < M; r += tile) {
+      const int64_t e = std::min(M, r + tile);
+      auto wt = w.slice(0, r, e).to(at::kFloat);
+      out.slice(1, r, e).copy_(at::mm(x, wt.t()));
+    }
+  }
+  add_bias(out, bias);
+  return out;
+}
+
+// gpt-oss's clamped SwiGLU on interleaved (gate, up) pairs: (n, 2I) -> (n, I).
+at::Tensor swiglu(const at::Tensor& gate_up, double alpha, double limit) {
+  const int64_t n = gate_up.size(0), I = gate_up.size(1) / 2;
+  auto out = at::empty({n, I}, at::kFloat);
+  const float* g = gate_up.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  const float a = static_cast<float>(alpha), lim = static_cast<float>(limit);
+  at::parallel_for(0, n * I, 4096, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const float gate = std::min(g[2 * i], lim);
+      const float up = std::max(std::min(g[2 * i + 1], lim), -lim);
+      const float glu = gate / (1.0f + std::exp(-gate * a));
+      o[i] = (up + 1.0f) * glu;
+    }
+  });
+  return out;
+}
+
+// The expert block: for every token, sum over its k experts of weight * down(swiglu(gate_up(x))).
+// Experts with few tokens (decode, short continuations) run packed; all of them in one pass over the
+// thread pool per projection. Experts with more than small_n tokens (a prefill) are dequantized one at
+// a time and go through torch's GEMM: the prompt's tokens are grouped by expert, never one mat-vec each.
+at::Tensor moe_forward(const at::Tensor& x, const at::Tensor& idx, const at::Tensor& weights,
+                       const at::Tensor& gu_blocks, const at::Tensor& gu_scales, const at::Tensor& gu_bias,
+                       const at::Tensor& dn_blocks, const at::Tensor& dn_scales, const at::Tensor& dn_bias,
+                       double alpha, double limit, int64_t small_n) {
+  check_x(x);
+  const int64_t T = x.size(0), H = x.size(1), k = idx.size(1);
+  const int64_t E = gu_blocks.size(0), I2 = gu_blocks.size(1), I = I2 / 2;
+  check_packed(gu_blocks, gu_scales, H);
+  check_packed(dn_blocks, dn_scales, I);
+  TORCH_CHECK(gu_blocks.numel() == E * I2 * H / 2 && dn_blocks.numel() == E * H * I / 2, "expert shapes do not match");
+  auto idx64 = idx.to(at::kLong).contiguous();
+  auto w32 = weights.to(at::kFloat).contiguous();
+  auto gub = gu_bias.to(at::kFloat).contiguous();
+  auto dnb = dn_bias.to(at::kFloat).contiguous();
+  const int64_t* ip = idx64.data_ptr<int64_t>();
+  const float* wp = w32.data_ptr<float>();
+
+  std::vector<std::vector<int64_t>> tokens(E);  // expert -> (token * k + slot) entries
+  for (int64_t i = 0; i < T * k; ++i) {
+    const int64_t e = ip[i];
+    TORCH_CHECK(e >= 0 && e < E, "expert index ", e, " out of range");
+    tokens[e].push_back(i);
+  }
+  auto out = at::zeros({T, H}, at::kFloat);
+  float* op = out.data_ptr<float>();
+  const float* xp = x.data_ptr<float>();
+  const uint8_t* gbp = gu_blocks.data_ptr<uint8_t>();
+  const uint8_t* gsp = gu_scales.data_ptr<uint8_t>();
+  const uint8_t* dbp = dn_blocks.data_ptr<uint8_t>();
+  const uint8_t* dsp = dn_scales.data_ptr<uint8_t>();
+
+  auto accumulate = [&](const std::vector<int64_t>& entries, const float* y) {  // y: (n, H) of this expert
+    for (size_t j = 0; j < entries.size(); ++j) {
+      float* dst = op + (entries[j] / k) * H;
+      const float wgt = wp[entries[j]];
+      for (int64_t h = 0; h < H; ++h) dst[h] += wgt * y[j * H + h];
+    }
+  };
+
+  // Few tokens: gather each expert's tokens (split), then one parallel pass over all experts' rows.
+  std::vector<int64_t> small;
+  for (int64_t e = 0; e < E; ++e)
+    if (!tokens[e].empty() && static_cast<int64_t>(tokens[e].size()) <= small_n) small.push_back(e);
+  if (!small.empty()) {
+    std::vector<int64_t> first(small.size() + 1, 0);  // token offset of each expert in the gathered batch
+    for (size_t a = 0; a < small.size(); ++a) first[a + 1] = first[a] + tokens[small[a]].size();
+    const int64_t n = first.back();
+    auto xs = at::empty({n, H}, at::kFloat);
+    for (size_t a = 0; a < small.size(); ++a)
+      for (size_t j = 0; j < tokens[small[a]].size(); ++j)
+        split_groups(xp + (tokens[small[a]][j] / k) * H, 1, H, xs.data_ptr<float>() + (first[a] + j) * H);
+    auto gate_up = at::empty({n, I2}, at::kFloat);
+    auto down = at::empty({n, H}, at::kFloat);
+    const auto fn = active().mxfp4_rows;
+    const int64_t A = small.size();
+    auto run_rows = [&](int64_t M, int64_t Kin, const float* in, const uint8_t* bb, const uint8_t* ss, float* o) {
+      at::parallel_for(0, A * M, kGrain, [&](int64_t b, int64_t e) {
+        for (int64_t a = b / M; a < A && a * M < e; ++a) {
+          const int64_t r0 = std::max(b, a * M) - a * M, r1 = std::min(e, (a + 1) * M) - a * M;
+          const int64_t ex = small[a];
+          fn(in + first[a] * Kin, first[a + 1] - first[a], Kin, bb + ex * M * Kin / 2, ss + ex * M * Kin / kBlock, r0,
+             r1, o + first[a] * M, M);
+        }
+      });
+    };
+    run_rows(I2, H, xs.data_ptr<float>(), gbp, gsp, gate_up.data_ptr<float>());
+    for (int64_t a = 0; a < A; ++a)
+      gate_up.slice(0, first[a], first[a + 1]).add_(gub[small[a]].unsqueeze(0));
+    auto act = swiglu(gate_up, alpha, limit);
+    auto acts = at::empty_like(act);
+    split_groups(act.data_ptr<float>(), n, I, acts.data_ptr<float>());
+    run_rows(H, I, acts.data_ptr<float>(), dbp, dsp, down.data_ptr<float>());
+    for (int64_t a = 0; a < A; ++a) {
+      down.slice(0, first[a], first[a + 1]).add_(dnb[small[a]].unsqueeze(0));
+      accumulate(tokens[small[a]], down.data_ptr<float>() + first[a] * H);
+    }
+  }
+
+  // Many tokens: one expert at a time, dequantized to float32 and multiplied by torch's GEMM.
+  for (int64_t e = 0; e < E; ++e) {
+    const auto& entries = tokens[e];
+    if (static_cast<int64_t>(entries.size()) <= small_n) continue;
+    std::vector<int64_t> rows;
+    for (auto i : entries) rows.push_back(i / k);
+    auto xe = x.index_select(0, at::tensor(rows, at::kLong));
+    auto wgu = dequantize_rows(gbp + e * I2 * H / 2, gsp + e * I2 * H / kBlock, I2, H);
+    auto gate_up = at::addmm(gub[e].unsqueeze(0), xe, wgu.t());
+    wgu = at::Tensor();
+    auto act = swiglu(gate_up.contiguous(), alpha, limit);
+    auto wdn = dequantize_rows(dbp + e * H * I / 2, dsp + e * H * I / kBlock, H, I);
+    auto y = at::addmm(dnb[e].unsqueeze(0), act, wdn.t()).contiguous();
+    accumulate(entries, y.data_ptr<float>());
+  }
+  return out;
+}
+
+}  // namespace
+}  // namespace gptoss_cpu
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  using namespace gptoss_cpu;
+  m.def("isa", &isa, "the instruction set the kernels run on: avx512, avx2 or scalar");
+  m.def("available", &available, "the instruction sets this CPU can run");
+  m.def("set_isa", &set_isa, "run the kernels of one instruction set (scalar, avx2, avx512, or best)");
+  m.def("mxfp4_linear", &mxfp4_linear, "x @ W^T (+ bias) with W packed in MXFP4", py::arg("x"), py::arg("blocks"),
+        py::arg("scales"), py::arg("bias") = py::none());
+  m.def("mxfp4_dequantize", &mxfp4_dequantize, "W as float32", py::arg("blocks"), py::arg("scales"));
+  m.def("bf16_linear", &bf16_linear, "x @ W^T (+ bias) with W in bf16", py::arg("x"), py::arg("w"),
+        py::arg("bias") = py::none(), py::arg("small_n") = 32);
+  m.def("moe_forward", &moe_forward, "gpt-oss's expert block with packed MXFP4 experts", py::arg("x"), py::arg("idx"),
+        py::arg("weights"), py::arg("gu_blocks"), py::arg("gu_scales"), py::arg("gu_bias"), py::arg("dn_blocks"),
+        py::arg("dn_scales"), py::arg("dn_bias"), py::arg("alpha"), py::arg("limit"), py::arg("small_n") = 32);
+}

@@ -1,0 +1,113 @@
+"""The modules the engine swaps into transformers' ``GptOssForCausalLM``.
+
+Only what holds the big weights changes: the experts (``PackedExperts``: MXFP4 as the checkpoint
+stores it), the attention projections and the unembedding (``DenseLinear``: bf16 in memory, float32
+arithmetic) and the embedding (``DenseEmbedding``). Routers, norms and sinks stay transformers' own, in
+float32, so router hooks, attention weights and the KV cache work as they do on every other path.
+Weights are buffers, not parameters: the model's parameters (and so ``model.dtype``) stay float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backends import mxfp4
+
+# Up to this many tokens per expert (or per linear) run on the packed kernels; more go through torch's GEMM
+# on float32 tiles made on the fly (a prefill is compute-bound, and the GEMM is the fastest there is).
+SMALL_N = 32
+
+
+class PackedExperts(nn.Module):
+    """gpt-oss's experts with MXFP4 weights kept packed: ``forward(hidden (T, H), idx (T, k), weights (T, k))``.
+
+    ``ops`` is the C++ extension; ``None`` runs the pure-torch fallback (one expert dequantized at a time).
+    """
+
+    def __init__(self, tensors: dict[str, torch.Tensor], alpha: float, limit: float, ops: Any):
+        super().__init__()
+        for name in ("gate_up_proj_blocks", "gate_up_proj_scales", "down_proj_blocks", "down_proj_scales"):
+            t = tensors[name]
+            self.register_buffer(name, t.reshape(t.shape[0], t.shape[1], -1).contiguous())  # (E, rows, G*16 or G)
+        self.register_buffer("gate_up_proj_bias", tensors["gate_up_proj_bias"].float().contiguous())
+        self.register_buffer("down_proj_bias", tensors["down_proj_bias"].float().contiguous())
+        self.num_experts = self.gate_up_proj_blocks.shape[0]
+        self.hidden_size = self.down_proj_blocks.shape[1]
+        self.intermediate_size = self.gate_up_proj_blocks.shape[1] // 2
+        self.alpha, self.limit, self.ops = alpha, limit, ops
+
+    def extra_repr(self) -> str:
+        kind = f"kernels={self.ops.isa()}" if self.ops is not None else "pure-torch fallback"
+        return f"experts={self.num_experts}, hidden={self.hidden_size}, intermediate={self.intermediate_size}, mxfp4, {kind}"
+
+    def forward(self, hidden_states: torch.Tensor, router_indices: torch.Tensor, routing_weights: torch.Tensor) -> torch.Tensor:
+        x = hidden_states.float().contiguous()  # (T, H)
+        if self.ops is not None:
+            return self.ops.moe_forward(
+                x, router_indices, routing_weights,
+                self.gate_up_proj_blocks, self.gate_up_proj_scales, self.gate_up_proj_bias,
+                self.down_proj_blocks, self.down_proj_scales, self.down_proj_bias,
+                self.alpha, self.limit, SMALL_N,
+            ).to(hidden_states.dtype)
+        return self._torch_forward(x, router_indices, routing_weights).to(hidden_states.dtype)
+
+    def _weight(self, kind: str, e: int) -> torch.Tensor:
+        blocks = getattr(self, f"{kind}_blocks")[e]
+        scales = getattr(self, f"{kind}_scales")[e]
+        return mxfp4.dequantize(blocks.reshape(*scales.shape, 16), scales)  # (rows, cols) float32
+
+    def _torch_forward(self, x: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(x)
+        for e in torch.unique(idx).tolist():
+            token, slot = torch.where(idx == e)
+            gate_up = F.linear(x[token], self._weight("gate_up_proj", e), self.gate_up_proj_bias[e])  # (n, 2I)
+            gate, up = gate_up[..., ::2].clamp(max=self.limit), gate_up[..., 1::2].clamp(-self.limit, self.limit)
+            act = (up + 1) * (gate * torch.sigmoid(gate * self.alpha))
+            y = F.linear(act, self._weight("down_proj", e), self.down_proj_bias[e])  # (n, H)
+            out.index_add_(0, token, y * weights[token, slot, None].float())
+        return out
+
+
+class DenseLinear(nn.Module):
+    """A linear layer whose weight stays in the checkpoint's bf16 (float32 for other dtypes); float32 out."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, ops: Any):
+        super().__init__()
+        self.packed = weight.dtype == torch.bfloat16 and ops is not None
+        self.register_buffer("weight", weight.contiguous() if weight.dtype == torch.bfloat16 else weight.float())
+        self.register_buffer("bias", None if bias is None else bias.float())
+        self.out_features, self.in_features = weight.shape
+        self.ops = ops
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, {str(self.weight.dtype).replace('torch.', '')}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1]).float().contiguous()
+        if self.packed:
+            y = self.ops.bf16_linear(x2, self.weight, self.bias, SMALL_N)
+        elif self.weight.dtype == torch.float32:
+            y = F.linear(x2, self.weight, self.bias)
+        else:  # bf16 with no extension: float32 tiles, never the whole matrix at once
+            y = torch.empty(x2.shape[0], self.out_features)
+            for r in range(0, self.out_features, 4096):
+                y[:, r:r + 4096] = F.linear(x2, self.weight[r:r + 4096].float(), None if self.bias is None else self.bias[r:r + 4096])
+        return y.reshape(*shape[:-1], self.out_features)
+
+
+class DenseEmbedding(nn.Module):
+    """The token embedding, in the checkpoint's dtype, looked up into float32."""
+
+    def __init__(self, weight: torch.Tensor, padding_idx: int | None = None):
+        super().__init__()
+        self.register_buffer("weight", weight if weight.dtype in (torch.bfloat16, torch.float32) else weight.float())
+        self.num_embeddings, self.embedding_dim = weight.shape
+        self.padding_idx = padding_idx
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.weight).float()

@@ -1,0 +1,202 @@
+"""The CPU MXFP4 engine: its kernels against the MX spec's decoder, its modules against transformers'
+own, and whole models against transformers' dequantized float32 path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from gptoss_lab.backends import mxfp4
+from gptoss_lab.backends.tiny import tiny_config, write_random_checkpoint
+from gptoss_lab.backends.transformers_backend import load
+from gptoss_lab.cpu import attention, build, modules
+
+from .spec_mxfp4 import spec_decode
+
+OPS = build.ops()
+ISAS = list(OPS.available()) if OPS is not None else []
+PROMPT = [200006, 17360, 200008, 3575, 553, 17554, 162016, 11, 261, 4410, 6439, 2359, 22203, 656, 7788, 17527]
+
+
+def test_the_kernels_build_on_this_machine():
+    assert OPS is not None, build.why_not()
+    assert OPS.isa() in ISAS and "scalar" in ISAS
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    OPS.set_isa(request.param)
+    yield request.param
+    OPS.set_isa("best")
+
+
+def packed(rows: int, cols: int, seed: int, lo: int = 118, hi: int = 132) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    blocks = torch.randint(0, 256, (rows, cols // 32, 16), generator=g, dtype=torch.uint8)
+    scales = torch.randint(lo, hi, (rows, cols // 32), generator=g, dtype=torch.uint8)
+    return blocks, scales
+
+
+def test_dequantize_gives_the_spec_value_of_every_code_and_scale(isa):
+    # all 256 bytes (every e2m1 pair) under every E8M0 scale from 0 (2**-127, subnormal in float32) to 254
+    # (2**127: 4.0 and 6.0 overflow float32 to inf); 255 is NaN in the spec and never in a checkpoint
+    blocks = torch.arange(256, dtype=torch.uint8).reshape(1, 16, 16).expand(255, 16, 16).contiguous()
+    scales = torch.arange(255, dtype=torch.uint8).reshape(255, 1).expand(255, 16).contiguous()
+    out = OPS.mxfp4_dequantize(blocks, scales)
+    want = torch.tensor([spec_decode(blocks[r], scales[r]) for r in range(255)], dtype=torch.float64)
+    assert torch.equal(out, want.float()), isa
+    assert torch.equal(out, mxfp4.dequantize(blocks, scales))
+
+
+@pytest.mark.parametrize("rows,cols,n", [(1, 32, 1), (5, 64, 2), (37, 96, 3), (130, 2880, 5), (7, 32, 9), (33, 160, 4)])
+def test_packed_linear_matches_the_spec_decoder(isa, rows, cols, n):
+    blocks, scales = packed(rows, cols, seed=rows * cols + n)
+    scales[0, 0] = 0  # an extreme scale among the ordinary ones
+    weight = torch.tensor([spec_decode(blocks[r], scales[r]) for r in range(rows)], dtype=torch.float64)
+    x = torch.randn(n, cols, generator=torch.Generator().manual_seed(n))
+    bias = torch.randn(rows)
+    want = x.double() @ weight.T + bias.double()
+    got = OPS.mxfp4_linear(x, blocks, scales, bias)
+    assert got.shape == (n, rows)
+    assert float((got - want).abs().max()) <= 1e-5 * float(want.abs().max()), isa
+
+
+@pytest.mark.parametrize("n", [1, 3, 40])  # 40 > SMALL_N: the tiled GEMM path
+def test_bf16_linear_matches_float64(isa, n):
+    w = torch.randn(77, 200).bfloat16()
+    x = torch.randn(n, 200)
+    bias = torch.randn(77)
+    want = x.double() @ w.double().T + bias.double()
+    got = OPS.bf16_linear(x, w, bias, modules.SMALL_N)
+    assert float((got - want).abs().max()) <= 1e-5 * float(want.abs().max())
+
+
+def reference_experts(h: int, i: int, e: int, seed: int):
+    """transformers' GptOssExperts with the same (dequantized) weights, and the packed tensors."""
+    from transformers.models.gpt_oss.modeling_gpt_oss import GptOssExperts
+
+    cfg = tiny_config(hidden=h, intermediate=i, experts=e, top_k=min(4, e))
+    gu_b, gu_s = packed(e * 2 * i, h, seed)
+    dn_b, dn_s = packed(e * h, i, seed + 1, lo=122, hi=128)
+    tensors = {
+        "gate_up_proj_blocks": gu_b.reshape(e, 2 * i, h // 32, 16), "gate_up_proj_scales": gu_s.reshape(e, 2 * i, h // 32),
+        "down_proj_blocks": dn_b.reshape(e, h, i // 32, 16), "down_proj_scales": dn_s.reshape(e, h, i // 32),
+        "gate_up_proj_bias": torch.randn(e, 2 * i), "down_proj_bias": torch.randn(e, h),
+    }
+    ref = GptOssExperts(cfg)
+    with torch.no_grad():
+        ref.gate_up_proj.copy_(mxfp4.dequantize(tensors["gate_up_proj_blocks"], tensors["gate_up_proj_scales"]).transpose(1, 2))
+        ref.down_proj.copy_(mxfp4.dequantize(tensors["down_proj_blocks"], tensors["down_proj_scales"]).transpose(1, 2))
+        ref.gate_up_proj_bias.copy_(tensors["gate_up_proj_bias"])
+        ref.down_proj_bias.copy_(tensors["down_proj_bias"])
+    return ref, tensors, cfg
+
+
+@pytest.mark.parametrize("tokens", [1, 3, 200])  # 200 tokens over 6 experts: the dequantize-and-GEMM path
+@pytest.mark.parametrize("kernels", ["ext", "torch"])
+def test_packed_experts_equal_transformers_experts(tokens, kernels, request):
+    ref, tensors, cfg = reference_experts(h=96, i=64, e=6, seed=tokens)
+    ours = modules.PackedExperts(tensors, cfg.swiglu_alpha, cfg.swiglu_limit, OPS if kernels == "ext" else None)
+    g = torch.Generator().manual_seed(tokens)
+    x = torch.randn(tokens, 96, generator=g) * 3  # large enough that the clamp at +-7 is reached
+    idx = torch.stack([torch.randperm(6, generator=g)[:4] for _ in range(tokens)])
+    w = torch.softmax(torch.randn(tokens, 4, generator=g), dim=-1)
+    with torch.no_grad():
+        want = ref(x, idx, w)
+        gate_up = x @ ref.gate_up_proj[idx[0, 0]] + ref.gate_up_proj_bias[idx[0, 0]]
+    assert float(gate_up.abs().max()) > cfg.swiglu_limit  # the clamp matters in this test
+    got = ours(x, idx, w)
+    assert float((got - want).abs().max()) <= 1e-5 * float(want.abs().max())
+
+
+def test_chunked_attention_equals_eager(monkeypatch):
+    from transformers.models.gpt_oss.modeling_gpt_oss import eager_attention_forward
+
+    class Module:
+        num_key_value_groups = 4
+        training = False
+        sinks = torch.randn(8)
+
+    q, k, v = torch.randn(1, 8, 50, 16), torch.randn(1, 2, 50, 16), torch.randn(1, 2, 50, 16)
+    mask = torch.triu(torch.full((50, 50), float("-inf")), 1)[None, None]
+    want, want_w = eager_attention_forward(Module(), q, k, v, mask, scaling=0.25)
+    got, got_w = attention.attention(Module(), q, k, v, mask, scaling=0.25)
+    assert torch.allclose(got, want, atol=1e-6) and torch.allclose(got_w, want_w, atol=1e-6)
+    monkeypatch.setattr(attention, "SCORE_BYTES", 8 * 51 * 4 * 7)  # 7 queries a chunk
+    got, got_w = attention.attention(Module(), q, k, v, mask, scaling=0.25)
+    assert torch.allclose(got, want, atol=1e-6) and got_w is None
+
+
+def logits(model, ids):
+    with torch.inference_mode():
+        return model.model(input_ids=torch.tensor([ids])).logits[0]
+
+
+def assert_same_logits(a, b, tol):
+    scale = float(b.abs().max())
+    assert float((a - b).abs().max()) <= tol * scale, float((a - b).abs().max()) / scale
+
+
+@pytest.mark.parametrize("name", ["tiny", "nano"])
+def test_engine_equals_transformers_float32(name):
+    ours, theirs = load(name), load(name, moe="dequantized")
+    assert ours.report.moe_path == f"mxfp4-cpu ({OPS.isa()})" and theirs.report.moe_path == "dequantized-float32"
+    assert ours.report.engine.startswith("transformers + gptoss-lab")
+    assert type(ours.model.model.layers[0].mlp.experts).__name__ == "PackedExperts"
+    assert ours.report.memory_bytes < theirs.report.memory_bytes
+    long_prompt = (PROMPT * 20)[:300]  # past SMALL_N tokens per expert: the prefill path
+    for ids in (PROMPT[:1], PROMPT, long_prompt):
+        assert_same_logits(logits(ours, ids), logits(theirs, ids), 1e-4)
+    a = list(ours.stream(PROMPT, max_tokens=48, temperature=0, routing=True, sinks=True))
+    b = list(theirs.stream(PROMPT, max_tokens=48, temperature=0, routing=True, sinks=True))
+    assert [s.token for s in a] == [s.token for s in b]
+    assert [[r[0] for r in s.routing] for s in a[:-1]] == [[r[0] for r in s.routing] for s in b[:-1]]
+    assert all(s.sinks for s in a[:-1])  # the sinks' share works through the engine's attention
+
+
+def test_a_real_width_checkpoint_from_an_independent_generator(tmp_path):
+    # hidden 2880 as in gpt-oss, experts drawn as raw bytes (not through our quantizer), a small vocabulary
+    cfg = tiny_config(layers=2, hidden=2880, intermediate=2880, experts=4, top_k=4, heads=64, kv_heads=8,
+                      head_dim=64, vocab_size=4096)
+    cfg.pad_token_id, cfg.bos_token_id, cfg.eos_token_id = 0, 1, 2  # inside the small vocabulary
+    folder = write_random_checkpoint(tmp_path / "wide", cfg, seed=7)
+    ours = load(str(folder))
+    assert ours.report.moe_path.startswith("mxfp4-cpu (")
+    theirs = load(str(folder), moe="dequantized")
+    ids = [int(i) for i in torch.randint(0, 4096, (40,), generator=torch.Generator().manual_seed(1))]
+    assert_same_logits(logits(ours, ids), logits(theirs, ids), 1e-3)
+    assert_same_logits(logits(ours, ids[:1]), logits(theirs, ids[:1]), 1e-3)
+
+
+def test_the_fallback_is_named_and_correct(tmp_path):
+    code = (
+        "import json, torch, gptoss_lab\n"
+        "m = gptoss_lab.load('tiny')\n"
+        "with torch.inference_mode():\n"
+        f"    out = m.model(input_ids=torch.tensor([{PROMPT}])).logits[0, -1]\n"
+        "print(json.dumps({'moe_path': m.report.moe_path, 'notes': m.report.notes, 'logits': out.tolist()}))\n"
+    )
+    env = {**os.environ, "GPTOSS_LAB_CPU_KERNELS": "torch"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout.strip().splitlines()[-1])
+    assert doc["moe_path"] == "mxfp4-cpu (torch fallback)"
+    assert any("pure-torch fallback" in n and "GPTOSS_LAB_CPU_KERNELS" in n for n in doc["notes"])
+    assert_same_logits(torch.tensor(doc["logits"]), logits(load("tiny"), PROMPT)[-1], 1e-4)
+
+
+def test_no_compiler_is_one_clear_line(tmp_path):
+    code = (
+        "from gptoss_lab.cpu import build\n"
+        "print(build.ops() is None); print(build.why_not())\n"
+    )
+    env = {"PATH": str(tmp_path), "HOME": str(tmp_path), "GPTOSS_LAB_CACHE_DIR": str(tmp_path / "cache"), "CXX": "no-such-c++"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    none, why = out.stdout.strip().splitlines()
+    assert none == "True" and "no C++ compiler found" in why and "g++" in why
