@@ -1,7 +1,8 @@
 # gptoss-lab: two commands for people (`make lab`, `make test`), and the steps they share.
 #
 #   make install   .venv with the pinned CPU torch (on a machine without an NVIDIA GPU), the package in
-#                  editable mode with its test extras, and as root the system packages the tests use.
+#                  editable mode with its test extras, the CPU MXFP4 engine's kernels built into the cache
+#                  (where a C++ compiler exists), and as root the system packages the tests use.
 #                  A fast no-op when nothing changed.
 #   make test      install + ruff, mypy and every test (all tiers: unit, kernel, sandbox, browser)
 #   make lab       install + JupyterLab on the quickstart notebook
@@ -50,6 +51,7 @@ $(STAMP): pyproject.toml Makefile
 		$(PIP) install "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)); \
 	fi
 	$(PIP) install -e '.[test,lab]'
+	@$(PY) -m gptoss_lab.cpu.build || true
 	@touch $@
 
 test: install

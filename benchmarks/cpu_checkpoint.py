@@ -19,16 +19,14 @@ def folder(shape: str = "20b") -> Path:
 
 
 def ensure(shape: str = "20b") -> Path:
-    from transformers import GptOssConfig
-
-    from gptoss_lab.backends.tiny import GENERATION_CONFIG, write_random_checkpoint
+    """The checkpoint's folder, written first if missing (what `gptoss-lab init-tiny --preset` writes)."""
+    from gptoss_lab.backends.tiny import preset_config, write_random_checkpoint
 
     out = folder(shape)
     if (out / "model.safetensors.index.json").exists():
         return out
-    layers, experts = {"20b": (24, 32), "120b": (36, 128)}[shape]
     tmp = out.with_name(out.name + ".partial")
-    write_random_checkpoint(tmp, GptOssConfig(num_hidden_layers=layers, num_local_experts=experts, **GENERATION_CONFIG))
+    write_random_checkpoint(tmp, preset_config(f"gpt-oss-{shape}"))
     tmp.rename(out)
     return out
 

@@ -97,12 +97,15 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_init_tiny(args: argparse.Namespace) -> int:
-    from .backends.tiny import init_tiny
+    from .backends.tiny import init_tiny, preset_config, write_random_checkpoint
 
     try:
-        path = init_tiny(
-            args.dir, seed=args.seed, layers=args.layers, hidden=args.hidden, experts=args.experts, top_k=args.top_k
-        )
+        if args.preset:
+            path = write_random_checkpoint(args.dir, preset_config(args.preset), seed=args.seed)
+        else:
+            path = init_tiny(
+                args.dir, seed=args.seed, layers=args.layers, hidden=args.hidden, experts=args.experts, top_k=args.top_k
+            )
     except ValueError as e:
         _fail(str(e))
     except OSError as e:
@@ -229,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, default=64, help="hidden size, a multiple of 32")
     p.add_argument("--experts", type=int, default=4)
     p.add_argument("--top-k", type=int, default=2, dest="top_k")
+    p.add_argument("--preset", choices=["gpt-oss-20b", "gpt-oss-120b"], default=None,
+                   help="the full shape of a published model instead (random weights written layer by layer: "
+                   "13 GB for 20b, 65 GB for 120b)")
     p.set_defaults(func=cmd_init_tiny)
 
     p = sub.add_parser(

@@ -24,8 +24,11 @@ PROMPT = [200006, 17360, 200008, 3575, 553, 17554, 162016, 11, 261, 4410, 6439, 
 
 
 def test_the_kernels_build_on_this_machine():
+    from gptoss_lab.backends.transformers_backend import CPU_ATTENTION
+
     assert OPS is not None, build.why_not()
     assert OPS.isa() in ISAS and "scalar" in ISAS
+    assert attention.NAME == CPU_ATTENTION
 
 
 @pytest.fixture(params=ISAS)

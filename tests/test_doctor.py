@@ -26,7 +26,7 @@ def test_doctor_json_offline(offline):
     assert {"device", "torch", "moe_path", "models"} <= set(doc)
     assert doc["device"]["type"] in ("cpu", "cuda")
     assert doc["torch"].split("+")[0].count(".") == 2
-    assert doc["moe_path"] in ("mxfp4-kernels", "dequantized-bf16", "dequantized-float32")
+    assert doc["moe_path"] in ("mxfp4-kernels", "dequantized-bf16", "mxfp4-cpu", "mxfp4-cpu (torch fallback)")
     for name, (mxfp4, bf16) in TRUE_SIZES.items():
         m = doc["models"][name]
         assert {"params", "weights_bytes_mxfp4", "weights_bytes_bf16", "fits", "would_use"} <= set(m)
@@ -40,10 +40,22 @@ def test_doctor_json_offline(offline):
 
 def test_doctor_on_this_cpu_machine_explains_the_path():
     doc = json.loads(run("doctor", "--json", "--device", "cpu").stdout)
-    assert doc["moe_path"] == "dequantized-float32"
-    assert "float32" in doc["why"] and "bf16" in doc["why"]
+    assert doc["moe_path"] == "mxfp4-cpu"
+    assert "packed" in doc["why"] and "bf16" in doc["why"] and "moe='dequantized'" in doc["why"]
     text = run("doctor", "--device", "cpu").stdout
-    assert "moe_path      dequantized-float32" in text and "gpt-oss-120b" in text
+    assert "moe_path      mxfp4-cpu (float32)" in text and "gpt-oss-120b" in text
+
+
+def test_doctor_says_20b_fits_a_machine_like_this_with_its_true_footprint():
+    doc = json.loads(run("doctor", "--json", "--device", "cpu").stdout)
+    m = doc["models"]["gpt-oss-20b"]
+    # experts packed + dense bf16 (12.8 GiB), a 4k-token float32 KV cache (0.4 GiB), the process itself
+    assert 13.5 * 2**30 < m["needed_bytes"] < 14.5 * 2**30
+    assert m["weights_bytes_cpu_engine"] == pytest.approx(12.83 * 2**30, rel=0.01)
+    assert m["fits"] == (m["needed_bytes"] <= doc["device"]["free_bytes"])
+    if doc["device"]["total_bytes"] >= 20 * 2**30 and doc["device"]["free_bytes"] >= 15 * 2**30:  # this machine kind
+        assert m["fits"] and "mxfp4-cpu on cpu" in m["would_use"]
+    assert not doc["models"]["gpt-oss-120b"]["fits"] or doc["device"]["free_bytes"] > 60 * 2**30
 
 
 def test_init_tiny_writes_a_loadable_checkpoint(tmp_path):

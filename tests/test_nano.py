@@ -76,8 +76,43 @@ def test_default_model_is_nano_without_a_gpu_and_gpt_oss_with_one():
     name, why = default_model()
     if torch.cuda.is_available():
         assert name == (cached_models() or ["openai/gpt-oss-20b"])[0] and "GPU" in why
-    else:
+    elif not cached_models():
         assert name == "nano" and "no GPU" in why
+
+
+def fake_hub_cache(home, repo: str, files_from) -> None:
+    """A Hugging Face cache holding ``repo`` (its files copied from a checkpoint folder), as hf download leaves it."""
+    import shutil
+
+    snap = home / "hub" / f"models--{repo.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    snap.mkdir(parents=True)
+    for f in files_from.iterdir():
+        shutil.copy(f, snap / f.name)
+    (home / "hub" / f"models--{repo.replace('/', '--')}" / "refs").mkdir()
+    (home / "hub" / f"models--{repo.replace('/', '--')}" / "refs" / "main").write_text("0" * 40)
+
+
+def test_a_cached_20b_is_the_default_when_it_fits(tmp_path, monkeypatch):
+    import torch
+
+    from gptoss_lab.backends import plan
+    from gptoss_lab.backends.presets import PRESETS, size_of
+    from gptoss_lab.backends.tiny import init_tiny
+
+    # the choice reads the cache and the 20b preset's size, not the weights: a small checkpoint stands in for its files
+    fake_hub_cache(tmp_path, "openai/gpt-oss-20b", init_tiny(tmp_path / "ckpt", shards=1))
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    name, why = default_model()
+    if torch.cuda.is_available():
+        assert name == "openai/gpt-oss-20b" and "GPU" in why
+        return
+    dev = plan.detect_device("cpu")
+    need = plan.needed_bytes(size_of(PRESETS["gpt-oss-20b"].shape), plan.plan_moe(dev))
+    if need <= dev.free_bytes:  # this machine kind: 24 GiB
+        assert name == "openai/gpt-oss-20b" and "fits this machine's memory on the CPU engine" in why
+    else:
+        assert name == "nano" and "do not fit" in why and "openai/gpt-oss-20b needs" in why
 
 
 def test_ask_answers_held_out_arithmetic_through_the_sandbox():

@@ -17,7 +17,7 @@ def doctor(device: str = "auto") -> dict[str, Any]:
     models = {}
     for name, preset in PRESETS.items():
         size = size_of(preset.shape)
-        fits, text, _ = fit_message(name, size, plan, dev)
+        fits, text, need = fit_message(name, size, plan, dev)
         models[name] = {
             "hub_id": preset.hub_id,
             "params": size.params,
@@ -25,6 +25,8 @@ def doctor(device: str = "auto") -> dict[str, Any]:
             "weights_bytes_mxfp4": size.weights_bytes_mxfp4,
             "weights_bytes_bf16": size.weights_bytes_bf16,
             "weights_bytes_fp32": size.weights_bytes_fp32,
+            "weights_bytes_cpu_engine": size.weights_bytes_cpu,
+            "needed_bytes": need,  # what this machine's path needs in all: weights, KV cache, runtime
             "fits": fits,
             "would_use": text,
         }
@@ -57,5 +59,6 @@ def render(report: dict[str, Any]) -> str:
             f"{name:13s} {m['params'] / 1e9:.1f}B params ({m['active_params'] / 1e9:.1f}B active); "
             f"weights {gb(m['weights_bytes_mxfp4'])} MXFP4, {gb(m['weights_bytes_bf16'])} bf16"
         )
+        lines.append(f"{'':13s} needs ~{gb(m['needed_bytes'])} here ({report['moe_path']})")
         lines.append(f"{'':13s} {'fits: ' if m['fits'] else ''}{m['would_use']}")
     return "\n".join(lines)

@@ -136,20 +136,35 @@ def cached_models() -> list[str]:
 def default_model() -> tuple[str, str]:
     """The model ``%gptoss load`` and ``gptoss-lab ask`` use when none is named, and why.
 
-    With a GPU: the cached gpt-oss checkpoint, else gpt-oss-20b (downloaded). Without one: nano,
-    the small trained model inside the package (gpt-oss-20b in float32 on a CPU needs ~84 GB).
+    With a GPU: the cached gpt-oss checkpoint, else gpt-oss-20b (downloaded). Without one: a cached
+    gpt-oss checkpoint that fits this machine's memory on the CPU engine (20b needs ~14 GiB), else nano,
+    the small trained model inside the package. Nothing is downloaded without a GPU.
     """
     import torch
+
+    from .plan import detect_device, fit_message, gb, plan_moe
+    from .presets import preset_for, size_of
 
     cached = cached_models()
     if torch.cuda.is_available():
         if cached:
             return cached[0], f"a GPU is here and {cached[0]} is in the Hugging Face cache"
         return "openai/gpt-oss-20b", "a GPU is here; no gpt-oss weights are cached, so gpt-oss-20b is downloaded"
-    if cached:
-        return "nano", (f"no GPU here ({cached[0]} is cached, but in float32 on a CPU it needs tens of GB; "
-                        f"load it by name to try): nano is the small trained teaching model in the package")
-    return "nano", "no GPU and no gpt-oss weights here: nano is the small trained teaching model in the package"
+    if not cached:
+        return "nano", "no GPU and no gpt-oss weights here: nano is the small trained teaching model in the package"
+    dev = detect_device("cpu")
+    plan = plan_moe(dev)
+    too_big = []
+    for hub_id in cached:
+        preset = preset_for(hub_id)
+        assert preset is not None  # cached_models() lists presets only
+        fits, _, need = fit_message(hub_id, size_of(preset.shape), plan, dev)
+        if fits:
+            return hub_id, (f"no GPU here, and {hub_id} is in the Hugging Face cache and fits this machine's memory "
+                            f"on the CPU engine ({plan.moe_path}: ~{gb(need)} of {gb(dev.free_bytes)} free)")
+        too_big.append(f"{hub_id} needs ~{gb(need)}")
+    return "nano", (f"no GPU here, and the cached gpt-oss weights do not fit the {gb(dev.free_bytes)} free "
+                    f"({'; '.join(too_big)}): nano is the small trained teaching model in the package")
 
 
 def _cached_snapshot(repo_id: str) -> Path | None:

@@ -57,6 +57,17 @@ def tiny_config(
     )
 
 
+def preset_config(name: str) -> Any:
+    """The ``GptOssConfig`` of a published model (``gpt-oss-20b``, ``gpt-oss-120b``): its full shape."""
+    from transformers import GptOssConfig
+
+    from .presets import PRESETS
+
+    shape = PRESETS[name].shape
+    return GptOssConfig(num_hidden_layers=shape.num_hidden_layers, num_local_experts=shape.num_local_experts,
+                        **GENERATION_CONFIG)
+
+
 def init_tiny(path: str | Path, *, seed: int = 0, shards: int = 2, **shape: Any) -> Path:
     """Write a random-weight gpt-oss checkpoint to ``path`` and return it.
 

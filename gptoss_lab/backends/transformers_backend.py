@@ -23,6 +23,7 @@ from .presets import preset_for, size_of
 from .source import Source, download, read_config, resolve
 
 STOP_TOKENS = frozenset({RETURN, CALL})
+CPU_ATTENTION = "gptoss_lab_cpu"  # gptoss_lab.cpu.attention.NAME: eager's math, bounded in memory
 
 
 class _LibraryMessages(logging.Handler):
@@ -143,6 +144,7 @@ def _cpu_engine(source: Source, attn: str | None) -> tuple[Any, str, list[str]]:
 
     ops = build.ops()
     said = [] if ops is not None else [f"the CPU kernels are not available ({build.why_not()}): the pure-torch fallback runs"]
+    assert source.path is not None  # downloaded before this is called
     model = loader.load_model(source.path, ops, attn_implementation=attn or "eager")
     return model, str(model.config._attn_implementation), said
 
@@ -235,7 +237,7 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 class TransformersBackend:
     """A loaded gpt-oss model: ``.model`` (transformers), ``.report``, and ``.stream()``.
 
-    The KV cache of the last stream is kept: a prompt that extends the previous prompt and its output
+    The KV cache of the last stream is kept (``kvcache.GrowingCache``: transformers' cache, grown in steps): a prompt that extends the previous prompt and its output
     (a tool loop appending a tool reply) prefills only the new tokens; a prompt that diverges reuses
     the cache up to the divergence. Every layer keeps its full history (sliding-window layers too) so
     the cache can always be cut back; the memory this costs is small next to the weights
@@ -250,7 +252,7 @@ class TransformersBackend:
             logprobs=True,
             routing=True,
             # the sinks' share is read from the attention weights, which only eager attention returns
-            sinks=config._attn_implementation in ("eager", "gptoss_lab_cpu"),
+            sinks=config._attn_implementation in ("eager", CPU_ATTENTION),
             prefix_cache=True,
             context_length=getattr(config, "max_position_embeddings", None),
             experts=getattr(config, "num_local_experts", None),
@@ -306,12 +308,12 @@ class TransformersBackend:
 
     def prefill(self, prompt_ids: Sequence[int]) -> Any:
         """Bring the cache up to ``prompt_ids`` and return the logits for the next token."""
-        from transformers import DynamicCache
+        from .kvcache import GrowingCache
 
         prompt = list(prompt_ids)
         keep = min(common_prefix(self._cache_ids, prompt), len(prompt) - 1)
         if self._cache is None or keep == 0:
-            self._cache, self._cache_ids, keep = DynamicCache(), [], 0
+            self._cache, self._cache_ids, keep = GrowingCache(), [], 0
         elif keep < len(self._cache_ids):
             self._cache.crop(keep - len(self._cache_ids))  # a negative count removes tokens
             del self._cache_ids[keep:]

@@ -56,7 +56,7 @@ def read_shard(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
             start, end = info["data_offsets"]
             buf = torch.empty(end - start, dtype=torch.uint8)
             f.seek(base + start)
-            view = memoryview(buf.numpy())
+            view = memoryview(buf.numpy())  # type: ignore[arg-type]  # numpy arrays are buffers
             got = 0
             while got < len(view):
                 n = f.readinto(view[got:])

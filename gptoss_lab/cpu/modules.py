@@ -28,6 +28,13 @@ class PackedExperts(nn.Module):
     ``ops`` is the C++ extension; ``None`` runs the pure-torch fallback (one expert dequantized at a time).
     """
 
+    gate_up_proj_blocks: torch.Tensor  # (E, 2I, H/32*16) uint8: the checkpoint's blocks, rows flattened
+    gate_up_proj_scales: torch.Tensor  # (E, 2I, H/32) uint8
+    gate_up_proj_bias: torch.Tensor  # (E, 2I) float32
+    down_proj_blocks: torch.Tensor  # (E, H, I/32*16)
+    down_proj_scales: torch.Tensor  # (E, H, I/32)
+    down_proj_bias: torch.Tensor  # (E, H)
+
     def __init__(self, tensors: dict[str, torch.Tensor], alpha: float, limit: float, ops: Any):
         super().__init__()
         for name in ("gate_up_proj_blocks", "gate_up_proj_scales", "down_proj_blocks", "down_proj_scales"):
@@ -75,6 +82,9 @@ class PackedExperts(nn.Module):
 class DenseLinear(nn.Module):
     """A linear layer whose weight stays in the checkpoint's bf16 (float32 for other dtypes); float32 out."""
 
+    weight: torch.Tensor  # (out, in)
+    bias: torch.Tensor | None
+
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, ops: Any):
         super().__init__()
         self.packed = weight.dtype == torch.bfloat16 and ops is not None
@@ -102,6 +112,8 @@ class DenseLinear(nn.Module):
 
 class DenseEmbedding(nn.Module):
     """The token embedding, in the checkpoint's dtype, looked up into float32."""
+
+    weight: torch.Tensor  # (vocab, hidden)
 
     def __init__(self, weight: torch.Tensor, padding_idx: int | None = None):
         super().__init__()

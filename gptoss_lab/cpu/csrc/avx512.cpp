@@ -34,32 +34,28 @@ TARGET void mxfp4_row(const float* xs, int64_t K, const uint8_t* b, const uint8_
   for (int t = 0; t < N; ++t) out[t * ldo] = _mm512_reduce_add_ps(_mm512_add_ps(lo_acc[t], hi_acc[t]));
 }
 
-// One token (decode): two groups per step into four accumulators, so that FMA latency never waits.
+// One token (decode): two groups per step into independent accumulators, so that FMA latency never
+// waits, and the scale applied once per group to the partial sum rather than to every weight.
 template <>
 TARGET void mxfp4_row<1>(const float* x, int64_t K, const uint8_t* b, const uint8_t* s, float* out, int64_t) {
   const int64_t G = K / kBlock;
   const float* scale = e8m0_table();
   const __m512 lut = _mm512_loadu_ps(kE2M1);
-  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  auto group = [&](int64_t g) TARGET {
+    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + g * 16)));
+    const __m512 lo = _mm512_permutexvar_ps(v, lut);
+    const __m512 hi = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), lut);
+    const __m512 part = _mm512_fmadd_ps(hi, _mm512_loadu_ps(x + g * 32 + 16), _mm512_mul_ps(lo, _mm512_loadu_ps(x + g * 32)));
+    return _mm512_mul_ps(part, _mm512_set1_ps(scale[s[g]]));
+  };
   int64_t g = 0;
   for (; g + 2 <= G; g += 2) {
-    for (int u = 0; u < 2; ++u) {
-      const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + (g + u) * 16)));
-      const __m512 sc = _mm512_set1_ps(scale[s[g + u]]);
-      const __m512 lo = _mm512_mul_ps(_mm512_permutexvar_ps(v, lut), sc);
-      const __m512 hi = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), lut), sc);
-      acc[2 * u] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(x + (g + u) * 32), acc[2 * u]);
-      acc[2 * u + 1] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(x + (g + u) * 32 + 16), acc[2 * u + 1]);
-    }
+    acc0 = _mm512_add_ps(acc0, group(g));
+    acc1 = _mm512_add_ps(acc1, group(g + 1));
   }
-  for (; g < G; ++g) {
-    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + g * 16)));
-    const __m512 sc = _mm512_set1_ps(scale[s[g]]);
-    acc[0] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_permutexvar_ps(v, lut), sc), _mm512_loadu_ps(x + g * 32), acc[0]);
-    acc[1] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), lut), sc),
-                             _mm512_loadu_ps(x + g * 32 + 16), acc[1]);
-  }
-  *out = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+  if (g < G) acc0 = _mm512_add_ps(acc0, group(g));
+  *out = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
 }
 
 TARGET void mxfp4_rows(const float* xs, int64_t n, int64_t K, const uint8_t* blocks, const uint8_t* scales,
@@ -106,6 +102,23 @@ TARGET void bf16_row(const float* x, int64_t K, const uint16_t* w, float* out, i
     for (int t = 0; t < N; ++t) acc[t] = _mm512_fmadd_ps(wv, _mm512_maskz_loadu_ps(m, x + t * K + k), acc[t]);
   }
   for (int t = 0; t < N; ++t) out[t * ldo] = _mm512_reduce_add_ps(acc[t]);
+}
+
+// One token: four accumulators, so that the FMAs of a row do not wait on each other's latency.
+template <>
+TARGET void bf16_row<1>(const float* x, int64_t K, const uint16_t* w, float* out, int64_t) {
+  __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+  int64_t k = 0;
+  for (; k + 64 <= K; k += 64)
+    for (int u = 0; u < 4; ++u)
+      acc[u] = _mm512_fmadd_ps(bf16x16(w + k + 16 * u), _mm512_loadu_ps(x + k + 16 * u), acc[u]);
+  for (; k + 16 <= K; k += 16) acc[0] = _mm512_fmadd_ps(bf16x16(w + k), _mm512_loadu_ps(x + k), acc[0]);
+  if (k < K) {
+    const int64_t rest = K - k;
+    const __mmask16 m = static_cast<__mmask16>((1u << rest) - 1);
+    acc[1] = _mm512_fmadd_ps(bf16_tail(w + k, rest), _mm512_maskz_loadu_ps(m, x + k), acc[1]);
+  }
+  *out = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
 }
 
 TARGET void bf16_rows(const float* x, int64_t n, int64_t K, const uint16_t* w, int64_t r0, int64_t r1, float* out,
