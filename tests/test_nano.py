@@ -92,7 +92,7 @@ def fake_hub_cache(home, repo: str, files_from) -> None:
     (home / "hub" / f"models--{repo.replace('/', '--')}" / "refs" / "main").write_text("0" * 40)
 
 
-def test_a_cached_20b_is_the_default_when_it_fits(tmp_path, monkeypatch):
+def test_a_cached_20b_is_the_default_when_it_fits(tmp_path):
     import torch
 
     from gptoss_lab.backends import plan
@@ -101,9 +101,11 @@ def test_a_cached_20b_is_the_default_when_it_fits(tmp_path, monkeypatch):
 
     # the choice reads the cache and the 20b preset's size, not the weights: a small checkpoint stands in for its files
     fake_hub_cache(tmp_path, "openai/gpt-oss-20b", init_tiny(tmp_path / "ckpt", shards=1))
-    monkeypatch.setenv("HF_HOME", str(tmp_path))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    name, why = default_model()
+    code = "import json; from gptoss_lab.backends.source import default_model; print(json.dumps(default_model()))"
+    env = {**__import__("os").environ, "HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}  # read at import: a new process
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    name, why = json.loads(out.stdout.strip().splitlines()[-1])
     if torch.cuda.is_available():
         assert name == "openai/gpt-oss-20b" and "GPU" in why
         return

@@ -821,7 +821,11 @@ def test_binary_garbage_on_fd_1_and_2(sb):
     r.text.encode("utf-8")  # what the model reads is valid text
     r = sb.run("import os\nfor _ in range(20):\n    os.write(1, os.urandom(1 << 20))\n"
                "    os.write(2, os.urandom(1 << 20))")
-    assert len(r.text) < 21_000 and "characters cut" in r.text
+    # Read and cut; or, when a busy machine lets ipykernel pack more than a frame's limit into one message,
+    # the output connection is reset, the run's end is lost with it, and the kernel is restarted, saying so.
+    cut = "characters cut" in r.text
+    assert cut or (r.restarted and "output channel failed" in r.text), r.text[-300:]
+    assert len(r.text) < 21_000
     r.text.encode("utf-8")
     assert sb.run("print('ok')").text == "ok\n"
 
