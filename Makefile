@@ -66,6 +66,7 @@ lab: install
 	cd notebooks && ../$(VENV)/bin/jupyter lab $$root --LabApp.news_url=None $(LAB_ARGS) quickstart.ipynb
 
 bench: install
+	@$(PIP) install -e '.[bench]'
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; echo; done
 
 NANO_ARGS ?=

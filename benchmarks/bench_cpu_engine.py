@@ -6,7 +6,10 @@ decode bound it sets (bytes read per token / bandwidth), with our decode speed a
 pure-torch fallback's decode speed on the same loaded weights. The model runs in a child process so
 that its peak resident memory is its own. Random weights: speed and memory are real, the text is noise.
 
-Options: --quick (decode only, 1k context), --json FILE.
+Then llama.cpp (benchmarks/llamacpp.py: built from PyPI's llama-cpp-python sdist, the same weights
+converted to GGUF) decodes after the same 1k-token prompt, for comparison.
+
+Options: --quick (decode only, 1k context), --no-llamacpp, --json FILE.
 """
 
 from __future__ import annotations
@@ -108,6 +111,7 @@ def child(folder: str, quick: bool) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--no-llamacpp", action="store_true", help="skip the llama.cpp comparison")
     ap.add_argument("--json", default=None)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -143,9 +147,33 @@ def main() -> int:
               f"{speed / bound:.0%} of the bound")
     print(f"pure-torch fallback, decode at 1k: {r['fallback_decode_tok_s_1k']} tok/s "
           f"(kernels {r['decode_tok_s_1k'] / r['fallback_decode_tok_s_1k']:.1f}x faster)")
+    if not args.no_llamacpp:
+        compare_llamacpp(folder, r)
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2) + "\n")
     return 0
+
+
+def compare_llamacpp(folder: Path, r: dict) -> None:
+    import torch
+
+    from benchmarks import llamacpp
+
+    prompt = torch.randint(0, 199998, (4096,), generator=torch.Generator().manual_seed(0)).tolist()[:1024]
+    try:
+        t = time.perf_counter()
+        model = llamacpp.gguf(folder)
+        llamacpp.server()
+        if time.perf_counter() - t > 5:
+            print(f"llama.cpp {llamacpp.LLAMA_CPP_PYTHON} built and the weights converted in {time.perf_counter() - t:.0f} s")
+        got = llamacpp.decode_speed(model, prompt)
+    except Exception as e:  # no cmake, no network for the sdist, a converter that changed: say so, keep our figures
+        print(f"llama.cpp: not measured ({type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''})")
+        return
+    r["llamacpp"] = got
+    print(f"llama.cpp (llama-cpp-python {llamacpp.LLAMA_CPP_PYTHON}'s copy, {os.cpu_count()} threads), same weights, "
+          f"after the same 1k-token prompt: decode {got['decode_tok_s']:.2f} tok/s, prefill {got['prefill_tok_s']:.1f} tok/s; "
+          f"ours decodes at {r['decode_tok_s_1k'] / got['decode_tok_s']:.2f}x its speed")
 
 
 if __name__ == "__main__":
