@@ -11,8 +11,6 @@
 namespace gptoss_cpu {
 namespace {
 
-constexpr int kTokens = 4;  // tokens kept in registers per pass over a row
-
 template <int N>
 TARGET void mxfp4_row(const float* xs, int64_t K, const uint8_t* b, const uint8_t* s, float* out, int64_t ldo) {
   const int64_t G = K / kBlock;
@@ -61,18 +59,10 @@ TARGET void mxfp4_row<1>(const float* x, int64_t K, const uint8_t* b, const uint
 TARGET void mxfp4_rows(const float* xs, int64_t n, int64_t K, const uint8_t* blocks, const uint8_t* scales,
                        int64_t r0, int64_t r1, float* out, int64_t ldo) {
   const int64_t G = K / kBlock;
-  for (int64_t r = r0; r < r1; ++r) {
-    const uint8_t* b = blocks + r * G * 16;
-    const uint8_t* s = scales + r * G;
-    int64_t t = 0;
-    for (; t + kTokens <= n; t += kTokens) mxfp4_row<kTokens>(xs + t * K, K, b, s, out + t * ldo + r, ldo);
-    switch (n - t) {
-      case 3: mxfp4_row<3>(xs + t * K, K, b, s, out + t * ldo + r, ldo); break;
-      case 2: mxfp4_row<2>(xs + t * K, K, b, s, out + t * ldo + r, ldo); break;
-      case 1: mxfp4_row<1>(xs + t * K, K, b, s, out + t * ldo + r, ldo); break;
-      default: break;
-    }
-  }
+  for (int64_t r = r0; r < r1; ++r)
+    by_token_chunks(n, [&](int64_t t, auto chunk) {
+      mxfp4_row<decltype(chunk)::value>(xs + t * K, K, blocks + r * G * 16, scales + r * G, out + t * ldo + r, ldo);
+    });
 }
 
 TARGET inline __m512 bf16x16(const uint16_t* p) {
@@ -123,17 +113,10 @@ TARGET void bf16_row<1>(const float* x, int64_t K, const uint16_t* w, float* out
 
 TARGET void bf16_rows(const float* x, int64_t n, int64_t K, const uint16_t* w, int64_t r0, int64_t r1, float* out,
                       int64_t ldo) {
-  for (int64_t r = r0; r < r1; ++r) {
-    const uint16_t* row = w + r * K;
-    int64_t t = 0;
-    for (; t + kTokens <= n; t += kTokens) bf16_row<kTokens>(x + t * K, K, row, out + t * ldo + r, ldo);
-    switch (n - t) {
-      case 3: bf16_row<3>(x + t * K, K, row, out + t * ldo + r, ldo); break;
-      case 2: bf16_row<2>(x + t * K, K, row, out + t * ldo + r, ldo); break;
-      case 1: bf16_row<1>(x + t * K, K, row, out + t * ldo + r, ldo); break;
-      default: break;
-    }
-  }
+  for (int64_t r = r0; r < r1; ++r)
+    by_token_chunks(n, [&](int64_t t, auto chunk) {
+      bf16_row<decltype(chunk)::value>(x + t * K, K, w + r * K, out + t * ldo + r, ldo);
+    });
 }
 
 TARGET void mxfp4_dequant(const uint8_t* blocks, const uint8_t* scales, int64_t K, int64_t r0, int64_t r1,

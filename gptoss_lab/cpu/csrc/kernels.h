@@ -10,10 +10,25 @@
 // the first half and its high nibble the second, with no shuffle in the inner loop.
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 namespace gptoss_cpu {
 
 constexpr int64_t kBlock = 32;
+
+// f(t, std::integral_constant<int, N>) over the tokens [0, n): four at a time (kept in registers
+// through a pass over a row), then the one to three left. Each ISA file's row kernels take N as a template.
+template <typename F>
+inline void by_token_chunks(int64_t n, F&& f) {
+  int64_t t = 0;
+  for (; t + 4 <= n; t += 4) f(t, std::integral_constant<int, 4>{});
+  switch (n - t) {
+    case 3: f(t, std::integral_constant<int, 3>{}); break;
+    case 2: f(t, std::integral_constant<int, 2>{}); break;
+    case 1: f(t, std::integral_constant<int, 1>{}); break;
+    default: break;
+  }
+}
 
 // out[t * ldo + r] = sum_k W[r][k] * x[t][k] for rows r in [r0, r1) and tokens t < n
 // (xs: n tokens of K split floats, one after another).
