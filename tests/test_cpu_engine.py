@@ -135,6 +135,31 @@ def test_chunked_attention_equals_eager(monkeypatch):
     assert torch.allclose(got, want, atol=1e-6) and got_w is None
 
 
+def test_sliding_window_attention_skips_only_masked_keys(monkeypatch):
+    from transformers.models.gpt_oss.modeling_gpt_oss import eager_attention_forward
+
+    class Module:
+        num_key_value_groups = 4
+        training = False
+        sinks = torch.randn(8)
+        sliding_window = 10
+
+    n = 50
+    q, k, v = torch.randn(1, 8, n, 16), torch.randn(1, 2, n, 16), torch.randn(1, 2, n, 16)
+    pos = torch.arange(n)
+    seen = (pos[:, None] >= pos[None, :]) & (pos[:, None] - pos[None, :] < Module.sliding_window)
+    mask = torch.where(seen, 0.0, torch.finfo(torch.float32).min)[None, None]
+    for queries in (n, 1):  # a prefill, then the last token alone (a decode step)
+        qq, mm = q[:, :, n - queries:], mask[:, :, n - queries:]
+        want, want_w = eager_attention_forward(Module(), qq, k, v, mm, scaling=0.25)
+        got, got_w = attention.attention(Module(), qq, k, v, mm, scaling=0.25)
+        assert torch.allclose(got, want, atol=1e-6) and torch.allclose(got_w, want_w, atol=1e-6)
+        assert got_w.shape == want_w.shape
+    monkeypatch.setattr(attention, "SCORE_BYTES", 8 * 21 * 4 * 7)  # 7 queries a chunk
+    got, _ = attention.attention(Module(), q, k, v, mask, scaling=0.25)
+    assert torch.allclose(got, eager_attention_forward(Module(), q, k, v, mask, scaling=0.25)[0], atol=1e-6)
+
+
 def logits(model, ids):
     with torch.inference_mode():
         return model.model(input_ids=torch.tensor([ids])).logits[0]
@@ -160,6 +185,9 @@ def test_engine_equals_transformers_float32(name):
     assert [s.token for s in a] == [s.token for s in b]
     assert [[r[0] for r in s.routing] for s in a[:-1]] == [[r[0] for r in s.routing] for s in b[:-1]]
     assert all(s.sinks for s in a[:-1])  # the sinks' share works through the engine's attention
+    # decoding past the sliding window (128): the window layers attend to their last keys only
+    a = [s.token for s in ours.stream(long_prompt, max_tokens=8, temperature=0)]
+    assert a == [s.token for s in theirs.stream(long_prompt, max_tokens=8, temperature=0)]
 
 
 def test_a_real_width_checkpoint_from_an_independent_generator(tmp_path):

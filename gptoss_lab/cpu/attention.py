@@ -4,7 +4,10 @@ The math is transformers' ``eager_attention_forward`` for gpt-oss: scores plus m
 logit appended as one more column, a max-subtracted softmax, the sink column dropped. Two things
 differ, both about memory on a CPU: grouped heads attend to their shared key/value head through a
 reshape instead of ``repeat_kv`` (a 4k-token cache would be copied 8x per layer per decoded token),
-and a long prompt's queries go in chunks, so a 2k-token prefill never holds (64, 2048, 2048) scores.
+a long prompt's queries go in chunks, so a 2k-token prefill never holds (64, 2048, 2048) scores, and a
+sliding-window layer multiplies only the keys inside its window (the cache keeps every layer's whole
+history for the prefix cache; the mask gives the keys before the window exactly zero weight, so
+leaving them out changes nothing but the time: half the layers at 4k tokens of context).
 The attention weights are returned whenever the queries fit one chunk (every decoded token), so the
 sinks' share and ``output_attentions`` work as with eager; for a chunked prefill they are ``None``.
 
@@ -34,18 +37,28 @@ def attention(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     B, H, q, _ = query.shape
     k = key.shape[2]
-    chunk = max(1, SCORE_BYTES // (B * H * (k + 1) * query.element_size()))
+    window = getattr(module, "sliding_window", None) if attention_mask is not None else None
+    chunk = max(1, SCORE_BYTES // (B * H * (min(k, q + (window or k)) + 1) * query.element_size()))
     if q <= chunk:
-        return _attend(module, query, key, value, attention_mask, scaling)
+        return _attend(module, query, key, value, attention_mask, scaling, _first_key(k - q, window))
     outs = []
     for s in range(0, q, chunk):
         mask = attention_mask[:, :, s:s + chunk] if attention_mask is not None else None
-        outs.append(_attend(module, query[:, :, s:s + chunk], key, value, mask, scaling)[0])
+        outs.append(_attend(module, query[:, :, s:s + chunk], key, value, mask, scaling, _first_key(k - q + s, window))[0])
     return torch.cat(outs, dim=1), None
 
 
+def _first_key(first_query: int, window: int | None) -> int:
+    """The first key a query at position ``first_query`` (or later) can see: 0 without a window."""
+    return max(0, first_query - window) if window else 0
+
+
 def _attend(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-            mask: torch.Tensor | None, scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
+            mask: torch.Tensor | None, scaling: float, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    full = key.shape[2]
+    if start:  # keys before a sliding window: zero weight under the mask, so not multiplied at all
+        key, value = key[:, :, start:], value[:, :, start:]
+        mask = mask[..., start:full] if mask is not None else None
     B, H, q, D = query.shape
     KV, k = key.shape[1], key.shape[2]
     rep = H // KV  # query heads kv*rep .. kv*rep + rep - 1 share key/value head kv (as repeat_kv orders them)
@@ -59,6 +72,8 @@ def _attend(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Te
     probs = F.softmax(combined, dim=-1, dtype=combined.dtype)[..., :-1]  # the sink column dropped
     probs = probs.to(value.dtype)
     out = torch.matmul(probs.reshape(B, KV, rep * q, k), value).view(B, H, q, D)
+    if start:  # the weights over every key, as eager returns them
+        probs = F.pad(probs, (start, 0))
     return out.transpose(1, 2).contiguous(), probs  # (B, q, H, D)
 
 

@@ -5,11 +5,17 @@ tensor is then read once from the safetensors shards into its final buffer and t
 big weights are swapped for ``modules.py``'s. We read the shards with plain file reads rather than
 safetensors' memory map: mapped pages that have been read count as resident until the map closes, and
 a 4-GB shard mapped beside its copy would push a 20b load past the 14 GiB it otherwise fits in.
+
+Big tensors get memory of their own from an anonymous map marked for transparent huge pages where the
+kernel offers them (Linux, ``madvise`` mode included): a decoded token streams 3.7 GB of weights spread
+over 13 GB, and with 4-KB pages nearly every page it touches is a TLB miss whose page walk goes to DRAM
+(twice over in a virtual machine); with 2-MB pages the experts ran 20-30% faster here.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 import re
 import struct
 from collections.abc import Iterator
@@ -27,6 +33,20 @@ DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "U
 EXPERT = re.compile(r"model\.layers\.(\d+)\.mlp\.experts\.((?:gate_up|down)_proj_(?:blocks|scales|bias))$")
 LINEAR = re.compile(r"(model\.layers\.\d+\.self_attn\.[qkvo]_proj)\.(weight|bias)$")
 EXPERT_PARTS = 6
+HUGE_PAGE = 2 << 20  # tensors at least this big are placed on transparent huge pages
+
+
+def weight_memory(nbytes: int) -> torch.Tensor:
+    """``nbytes`` of uint8 memory for a weight: huge pages where offered, else torch's allocator."""
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+    if nbytes < HUGE_PAGE or advice is None:
+        return torch.empty(nbytes, dtype=torch.uint8)
+    region = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        region.madvise(advice)  # before the first touch, so the pages are huge from the start
+    except OSError:  # a kernel built without THP: plain pages, same memory
+        pass
+    return torch.frombuffer(region, dtype=torch.uint8)  # the tensor holds the map open
 
 
 def shard_files(folder: Path) -> list[Path]:
@@ -54,7 +74,7 @@ def read_shard(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
     with open(path, "rb", buffering=0) as f:
         for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
             start, end = info["data_offsets"]
-            buf = torch.empty(end - start, dtype=torch.uint8)
+            buf = weight_memory(end - start)
             f.seek(base + start)
             view = memoryview(buf.numpy())  # type: ignore[arg-type]  # numpy arrays are buffers
             got = 0
