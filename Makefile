@@ -42,7 +42,11 @@ system-packages:
 		echo "note: missing$$missing; install the Debian packages '$(SYSTEM_PACKAGES)' (as root) for the sandbox and browser tests"; \
 	fi
 
-$(STAMP): pyproject.toml Makefile
+# The JupyterLab extension (labextension/) is built by pip's build hook (hatch-jupyter-builder, npm).
+LABEXT_SOURCES := $(wildcard labextension/src/*.ts) labextension/style/index.css labextension/package.json
+
+$(STAMP): pyproject.toml Makefile $(LABEXT_SOURCES)
+	@command -v npm >/dev/null 2>&1 || { echo "npm (Node.js 18+) is needed to build the JupyterLab extension: install nodejs and npm"; exit 1; }
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "gptoss-lab needs Python 3.10 or newer")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@if command -v nvidia-smi >/dev/null 2>&1; then \

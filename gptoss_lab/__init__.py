@@ -38,6 +38,11 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'gptoss_lab' has no attribute {name!r}")
 
 
+def _jupyter_labextension_paths() -> list[dict[str, str]]:
+    """Where the JupyterLab extension (built from labextension/) lies in the package, for JupyterLab."""
+    return [{"src": "labextension", "dest": "gptoss-lab"}]
+
+
 def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext gptoss_lab``: registers ``%gptoss`` and ``%%gptoss``."""
     from .magics import GptossMagics, async_cells

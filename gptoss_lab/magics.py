@@ -8,7 +8,7 @@ Line magic::
     %gptoss reset                                           forget the conversation
     %gptoss prompt                                          exactly what is sent next, special tokens shown
     %gptoss tools                                           the tools and how they are declared
-    %gptoss compare "PROMPT" [--efforts low,medium,high] [--seed N]   the prompt at each effort, side by side
+    %gptoss compare PROMPT [--efforts low,medium,high] [--seed N]     the prompt at each effort, side by side
 
 Cell magic: the cell is the user's message (``{var}`` is taken from your namespace)::
 
@@ -18,7 +18,10 @@ Cell magic: the cell is the user's message (``{var}`` is taken from your namespa
 
 from __future__ import annotations
 
+import contextlib
 import shlex
+import time
+from collections.abc import Iterator
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -26,7 +29,8 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from IPython.display import display
 
-from .display.bundle import MIME, bundle
+from .display.bundle import MIME
+from .display.static import failed_bundle, turn_bundle
 from .session import Chat, RunningTurn, make_tools
 
 SUBCOMMANDS = ("load", "status", "reset", "prompt", "tools", "compare")
@@ -37,6 +41,29 @@ def _fill(text: str, namespace: dict[str, Any]) -> str:
     import re
 
     return re.sub(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", lambda m: str(namespace[m[1]]) if m[1] in namespace else m[0], text)
+
+
+@contextlib.contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """No library warnings in the cell (transformers' logger, Python warnings) while a model loads, and
+    no widget progress bars (transformers' are tqdm.auto widgets: saved, they say "Loading widget...")."""
+    import logging
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    logger = logging.getLogger("transformers")
+    level, bars = logger.level, hf_logging.is_progress_bar_enabled()
+    logger.setLevel(logging.ERROR)
+    hf_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _one_line(e: BaseException) -> str:
@@ -120,7 +147,8 @@ class GptossMagics(Magics):
             print(f"Loading {name}: {why}.")
         load_options = {k: v for k, v in (("device", opts.device), ("dtype", opts.dtype)) if v is not None}
         try:
-            model = load(name, tps=opts.tps, **load_options)
+            with _quiet_libraries():  # what they warn of, the report says in words, once
+                model = load(name, tps=opts.tps, **load_options)
         except (GptossLabError, ValueError, FileNotFoundError) as e:
             raise UsageError(_one_line(e)) from None
         self.model = model
@@ -130,18 +158,24 @@ class GptossMagics(Magics):
     def _compare(self, args: list[str]) -> Any:
         import argparse
 
-        from .display.compare import Comparison
+        from .display.compare import Comparison, progress_bundle
+        from .harmony.events import ContentDelta
+        from .session.results import TurnFinished
 
         ap = argparse.ArgumentParser(prog="%gptoss compare", add_help=False, exit_on_error=False)
-        ap.add_argument("prompt")
+        ap.add_argument("prompt", nargs="+")  # quoted or not: %gptoss compare What is 2+2?
         ap.add_argument("--efforts", default="low,medium,high")
         ap.add_argument("--seed", type=int, default=0)
         ap.add_argument("--max-tokens", type=int, default=2048)
         ap.add_argument("--tools", default=None)
+        usage = "%gptoss compare PROMPT [--efforts low,medium,high] [--seed N] [--max-tokens N] [--tools T]"
         try:
-            opts = ap.parse_args(args)
+            opts, unknown = ap.parse_known_args(args)
         except (argparse.ArgumentError, SystemExit) as e:
-            raise UsageError(f'%gptoss compare "PROMPT" [--efforts low,medium,high] [--seed N]: {e}') from None
+            raise UsageError(f"{usage}: {e}") from None
+        if unknown:
+            raise UsageError(f"{usage}: unknown option {' '.join(unknown)}")
+        prompt = " ".join(opts.prompt)
         efforts = [e.strip() for e in opts.efforts.split(",") if e.strip()]
         bad = [e for e in efforts if e not in ("low", "medium", "high")]
         if bad or not efforts:
@@ -149,16 +183,32 @@ class GptossMagics(Magics):
         model = self._require_model()
         self._not_busy("comparing")
         tools = [] if opts.tools is None else [self._tool(t.strip()) for t in opts.tools.split(",") if t.strip()]
-        results = {}
+        results: dict[str, Any] = {}
+        state = {e: "waiting" for e in efforts}
+        handle = display(progress_bundle(prompt, state), raw=True, display_id=True)
         try:
             for effort in efforts:
                 model.reset()  # each effort from the same start (a replay: its first stretch)
                 chat = Chat(model, reasoning=effort, tools=tools)
-                results[effort] = chat.send(opts.prompt, seed=opts.seed, max_tokens=opts.max_tokens, inspect=True)
+                tokens, shown = 0, 0.0
+                for event in chat.stream(prompt, seed=opts.seed, max_tokens=opts.max_tokens, inspect=True):
+                    if isinstance(event, ContentDelta):
+                        tokens += 1
+                        now = time.monotonic()
+                        if handle is not None and now - shown > 0.5:
+                            state[effort], shown = f"running: {tokens} tokens ({event.channel or 'header'})", now
+                            handle.update(progress_bundle(prompt, state), raw=True)
+                    elif isinstance(event, TurnFinished):
+                        results[effort] = event.result
+                        state[effort] = f"done: {event.result.generated} tokens in {event.result.seconds:.1f} s"
+                if handle is not None:
+                    handle.update(progress_bundle(prompt, state), raw=True)
         finally:
             model.reset()  # the conversation's next turn starts from a clean cache (a replay: from its start)
-        comparison = Comparison(opts.prompt, results, opts.seed)
+        comparison = Comparison(prompt, results, opts.seed)
         self._ns["_gptoss_compare"] = comparison
+        if handle is not None:  # the progress line goes; the comparison is the cell's result
+            handle.update({"text/plain": ""}, raw=True)
         return comparison
 
     def _tool(self, name: str) -> Any:
@@ -271,8 +321,7 @@ class GptossMagics(Magics):
                     turn.stop()
         finally:
             result = turn.finish()
-        self._keep(result, opts)
-        self._show_inspection(opts)
+        self._keep(result, opts)  # with --inspect, the turn's bundle carries the token and routing views
 
     async def _cell_async(self, line: str, cell: str) -> None:
         """The cell as a notebook runs it: awaiting, so the kernel handles the panel's Stop button
@@ -293,14 +342,7 @@ class GptossMagics(Magics):
                     turn.stop()
         finally:
             result = turn.finish()
-        self._keep(result, opts)
-        self._show_inspection(opts)
-
-    def _show_inspection(self, opts: Any) -> None:
-        if opts.inspect and self.last is not None and self.last.tokens:
-            from .display.inspect import InspectView
-
-            display(InspectView(self.last))
+        self._keep(result, opts)  # with --inspect, the turn's bundle carries the token and routing views
 
     def _new_turn(self, chat: Chat, text: str, opts: Any) -> _Turn:
         return _Turn(self, chat, text, opts)
@@ -371,14 +413,18 @@ class _Turn:
         result = self.running.result
         status = "failed" if self.failure is not None else "stopped" if result is None or result.stopped else "done"
         self.panel.finish(status)
+        # The live panel gives way, in place, to the static bundle: saved, the notebook needs no kernel.
+        if self.handle is not None:
+            opened, facts = self.panel.open_messages(), self.panel.facts()
+            if result is not None:
+                data = turn_bundle(result, facts, open_messages=opened, show_analysis=self.opts.show_analysis)
+            else:
+                data = failed_bundle(self.panel.messages, facts, self.failure or RuntimeError("the turn ended without a result"), opened)
+            # the extension's renderer reads the open messages from the output's metadata
+            self.handle.update(data, metadata={MIME: {"open_messages": opened}}, raw=True)
+            self.panel.close()
         if self.failure is not None:
             raise self.failure
-        if result is None:
-            return None
-        data = bundle(result, show_analysis=self.opts.show_analysis)
-        data["application/vnd.jupyter.widget-view+json"] = {"version_major": 2, "version_minor": 1, "model_id": self.panel.model_id}
-        if self.handle is not None:
-            self.handle.update(data, raw=True)
         return result
 
 

@@ -114,7 +114,11 @@ def test_compare_runs_each_effort_with_the_same_seed(model):
     prompts = [gptoss_lab.encoding().decode_utf8(r.prompt_ids) for r in comparison.values()]
     assert "Reasoning: low" in prompts[0] and "Reasoning: high" in prompts[2]
     html = comparison._repr_html_()
-    assert html.count("<th>low</th>") == 1 and "experts vs low" in html and "final answer" in html
+    assert html.count("<th>low</th>") == 1 and "expert use vs low" in html and "final answer" in html
+    assert "0 = the same experts as often" in html and "raw, unfiltered chain of thought" in html  # every figure explained
+    assert "<script" not in comparison.bundle()["text/html"]
+    unquoted = ip.run_line_magic("gptoss", "compare What is 2+2? --efforts low --max-tokens 8")  # no quotes needed
+    assert unquoted.prompt == "What is 2+2?" and list(unquoted) == ["low"]
     rows = comparison.rows()
     assert rows[0]["expert_load_distance"] is None and all(0 <= r["expert_load_distance"] <= 1 for r in rows[1:])
     with pytest.raises(Exception, match="--efforts takes low, medium and/or high"):

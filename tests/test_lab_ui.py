@@ -105,14 +105,21 @@ def test_panel_appears_streams_and_shows_the_channels(lab):
     page.wait_for_selector(".gl-panel .gl-status.gl-running", timeout=60_000)
     page.wait_for_selector(".gl-panel .gl-analysis", timeout=30_000)
     page.screenshot(path=str(ARTIFACTS / f"{app}-panel-streaming.png"))
-    page.wait_for_selector(".gl-panel .gl-final", timeout=60_000)
-    page.wait_for_selector(".gl-panel .gl-status:has-text('done')", timeout=60_000)
-    analysis = page.locator(".gl-panel details.gl-analysis").first
-    assert analysis.get_attribute("open") is None  # collapsed by default
-    assert "raw, unfiltered chain of thought" in analysis.locator("summary").text_content()
-    assert "408" in page.locator(".gl-panel .gl-tool .gl-content").first.inner_text()  # the sandbox's real output
-    assert page.locator(".gl-panel .gl-final strong").inner_text() == "408"  # Markdown rendered
-    assert "→ python" in page.locator(".gl-panel .gl-call .gl-label").first.text_content()
+    live = page.locator(".gl-panel details.gl-analysis").first
+    assert live.get_attribute("open") is None  # collapsed by default
+    assert "raw, unfiltered chain of thought" in live.locator("summary").text_content()
+    live.locator("summary").click()  # opened while it streams: it must stay open, then and after
+    time.sleep(1.0)
+    if page.locator(".gl-panel details.gl-analysis").count():
+        assert page.locator(".gl-panel details.gl-analysis").first.get_attribute("open") is not None
+    # The turn ends: the panel gives way, in place, to the saved form (the extension renders it).
+    page.wait_for_selector(".gls .gls-final", timeout=60_000)
+    assert page.locator(".gl-panel").count() == 0
+    done = page.locator(".gls").first
+    assert done.locator("details.gls-analysis").first.get_attribute("open") is not None  # still open
+    assert "408" in done.locator(".gls-tool .gls-content").first.inner_text()  # the sandbox's real output
+    assert done.locator(".gls-final strong").inner_text() == "408"  # Markdown rendered
+    assert "analysis → python" in done.locator(".gls-call .gls-label").first.text_content()  # in its own case
     page.screenshot(path=str(ARTIFACTS / f"{app}-panel-done.png"))
     page.close()
 
@@ -128,7 +135,7 @@ def test_stop_button_stops_the_turn(lab):
     page.wait_for_selector(".gl-panel .gl-status.gl-running", timeout=60_000)
     page.wait_for_selector(".gl-panel .gl-analysis", timeout=30_000)
     page.click(".gl-panel .gl-stop")
-    page.wait_for_selector(".gl-panel .gl-status:has-text('stopped')", timeout=10_000)
+    page.wait_for_selector(".gls .gls-head:has-text('stopped')", timeout=10_000)  # the saved form, ended by Stop
     page.locator(".jp-Notebook .jp-Cell").nth(3).locator(".jp-InputArea-editor").click()
     page.keyboard.press("Shift+Enter")  # r.stop_reason: the kernel is free again, the result kept
     page.wait_for_selector(".jp-OutputArea-output:has-text(\"'stopped'\")", timeout=30_000)
@@ -141,14 +148,17 @@ def test_inspection_view_shows_tokens_and_routing(lab):
     name = notebook(root, "inspect.ipynb", ["%load_ext gptoss_lab", "%gptoss load",  # the default here: nano
                                             "%%gptoss --inspect --max-tokens 16 --seed 0 -o r\nWhat is the capital of Peru?"])
     page = open_and_run(browser, url, token, app, name, 3)
-    page.wait_for_selector(".gi-view .gi-tok", timeout=120_000)
-    assert page.locator(".gi-view .gi-tok").count() == 16
-    page.locator(".gi-view .gi-tok").nth(2).click()
-    page.wait_for_selector(".gi-view .gi-info:has-text('logprob')", timeout=10_000)
-    assert "alternatives:" in page.locator(".gi-view .gi-info").inner_text()
-    assert page.locator(".gi-view .gi-sel table tr").count() == 5  # header row + nano's 4 layers
-    page.locator(".gi-view .gi-tok").nth(6).click(modifiers=["Shift"])
-    page.wait_for_selector(".gi-view .gi-info:has-text('5 tokens')", timeout=10_000)
-    assert page.locator(".gi-view .gi-selected").count() == 5
+    # The turn's output carries the token and routing views (the extension renders them; no widget).
+    page.wait_for_selector(".gls .gls-tok", timeout=120_000)
+    view = page.locator(".gls").first
+    assert view.locator(".gls-tok").count() == 16
+    view.locator(".gls-tok").nth(2).click()
+    page.wait_for_selector(".gls .gls-detail:has-text('logprob')", timeout=10_000)
+    assert "alternatives (id: logprob)" in view.locator(".gls-detail").inner_text()
+    assert view.locator(".gls-detail .gls-routing tr").count() == 4  # nano's 4 layers
+    view.locator(".gls-tok").nth(6).click(modifiers=["Shift"])
+    page.wait_for_selector(".gls .gls-detail:has-text('5 tokens selected')", timeout=10_000)
+    assert view.locator(".gls-sel").count() == 5
+    assert view.locator(".gls-map tr").count() == 4 and view.locator(".gls-legend").is_visible()  # heat map, scale
     page.screenshot(path=str(ARTIFACTS / f"{app}-inspect.png"), full_page=True)
     page.close()

@@ -62,7 +62,11 @@ def test_turn_result_and_bundle(ip):
     assert [m for m in res.messages if m["role"] == "tool"][0]["content"] == "42\n"
     assert res.transcript["reasoning"] == "high" and res.transcript["sampling"]["seed"] == 3
     final = cap.outputs[-1].data
-    assert final["text/markdown"] == "6 × 7 = **42**" and "application/vnd.jupyter.widget-view+json" in final
+    # the panel gave way to the static bundle: no widget view left to say "Loading widget..." when saved
+    assert final["text/markdown"] == "6 × 7 = **42**" and "application/vnd.jupyter.widget-view+json" not in final
+    page = final["text/html"]
+    assert "<script" not in page and "print(6*7)" in page and "42" in page and "<strong>42</strong>" in page
+    assert "analysis: raw, unfiltered chain of thought" in page and "<details" in page and "python returned" in page
     assert final[MIME]["messages"] == res.messages
     assert "Reasoning: high" in __import__("gptoss_lab").encoding().decode_utf8(res.prompt_ids)
 

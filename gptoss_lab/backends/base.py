@@ -11,11 +11,33 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, Union, runtime_checkable
+from typing import Any, NamedTuple, Protocol, Union, runtime_checkable
+
+
+class LayerRouting(NamedTuple):
+    """One layer's choice for one token: the top-k expert ids, most weight first, and their weights.
+    A tuple (``ids, weights = layer`` works), printed with its names."""
+
+    experts: tuple[int, ...]
+    weights: tuple[float, ...]
+
+    def __repr__(self) -> str:
+        return f"LayerRouting(experts={list(self.experts)}, weights=[{', '.join(f'{w:.3f}' for w in self.weights)}])"
+
 
 # Per layer: the ids of the top-k experts that processed the token, and their weights.
-Routing = tuple[tuple[tuple[int, ...], tuple[float, ...]], ...]
+Routing = tuple[LayerRouting, ...]
 Cancel = Union[threading.Event, Callable[[], bool], None]
+
+
+def _text(token: int) -> str:
+    """A token id's text, for printing."""
+    from ..harmony.vocab import encoding
+
+    try:
+        return encoding().decode([token])
+    except Exception:  # an id outside the vocabulary (a replay can hold anything)
+        return "?"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +57,18 @@ class TokenStep:
     alternatives: tuple[tuple[int, float], ...] = ()
     routing: Routing | None = None
     sinks: tuple[tuple[float, ...], ...] | None = None
+
+    def __repr__(self) -> str:
+        parts = [f"token={self.token} {_text(self.token)!r}"]
+        if self.logprob is not None:
+            parts.append(f"logprob={self.logprob:.3f}")
+        if self.alternatives:
+            parts.append("alternatives=[" + ", ".join(f"{t} {_text(t)!r} {lp:.3f}" for t, lp in self.alternatives) + "]")
+        if self.routing is not None:
+            parts.append(f"routing=<{len(self.routing)} layers, layer 0: experts {list(self.routing[0].experts) if self.routing else []}>")
+        if self.sinks is not None:
+            parts.append(f"sinks=<{len(self.sinks)} layers>")
+        return f"TokenStep({', '.join(parts)})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..errors import ModelDoesNotFitError
 from ..harmony.events import CALL, RETURN
-from .base import Cancel, Capabilities, LoadReport, Routing, TokenStep, cancelled
+from .base import Cancel, Capabilities, LayerRouting, LoadReport, Routing, TokenStep, cancelled
 from .plan import MoePlan, detect_device, fit_message, plan_moe
 from .presets import preset_for, size_of
 from .source import Source, download, read_config, resolve
@@ -348,7 +348,7 @@ class TransformersBackend:
         alts = tuple(zip(top.indices[:k].tolist(), (top.values[:k] - lse).tolist()))
         return token, float(logits[token] - lse), alts
 
-    def _routing_hooks(self, store: dict[int, tuple[tuple[int, ...], tuple[float, ...]]]) -> list[Any]:
+    def _routing_hooks(self, store: dict[int, LayerRouting]) -> list[Any]:
         import torch
         import torch.nn.functional as F
 
@@ -358,7 +358,7 @@ class TransformersBackend:
                 logits = F.linear(h, router.weight, router.bias)  # what the router computes, (1, E)
                 top, idx = torch.topk(logits, router.top_k, dim=-1)
                 weights = torch.softmax(top, dim=-1, dtype=top.dtype)
-                store[i] = (tuple(idx[0].tolist()), tuple(weights[0].tolist()))
+                store[i] = LayerRouting(tuple(idx[0].tolist()), tuple(weights[0].tolist()))
 
             return hook
 
@@ -409,7 +409,7 @@ class TransformersBackend:
             raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
         if not self._busy.acquire(blocking=False):
             raise RuntimeError("this model is already streaming; finish or close that stream first")
-        store: dict[int, tuple[tuple[int, ...], tuple[float, ...]]] = {}
+        store: dict[int, LayerRouting] = {}
         sink_store: dict[int, tuple[float, ...]] = {}
         sinks = sinks and self.capabilities.sinks
         hooks: list[Any] = []

@@ -18,6 +18,7 @@ import json
 import mmap
 import re
 import struct
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -119,7 +120,7 @@ def load_model(folder: str | Path, ops: Any, *, attn_implementation: str = "eage
 
     ``ops`` is the C++ extension, or ``None`` for the pure-torch fallback.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text, not tqdm.auto's widget: a saved notebook would say "Loading widget..."
 
     folder = Path(folder)
     model = _skeleton(folder, attn_implementation)
@@ -129,7 +130,9 @@ def load_model(folder: str | Path, ops: Any, *, attn_implementation: str = "eage
     experts: dict[int, dict[str, torch.Tensor]] = {}
     linears: dict[str, dict[str, torch.Tensor]] = {}
     layers = model.model.layers
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc="Loading MXFP4 weights (kept packed)", disable=not progress)
+    # on stdout: in a notebook, stderr is shown as a warning (pink), and this is none
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc="Loading MXFP4 weights (kept packed)", disable=not progress,
+               file=sys.stdout)
     try:
         for path in files:
             for name, t in read_shard(path):

@@ -26,7 +26,9 @@ function grid(rows, rowLabel, colCount, colLabel) {
     }
     html += "</tr>";
   });
-  return html + "</table>";
+  // the scale: what the lightest and the darkest cell mean
+  const top = Number.isInteger(max) ? String(max) : max.toFixed(3);
+  return html + `</table><div class="gi-legend"><span>0</span><span class="gi-scale"></span><span>${top}</span></div>`;
 }
 
 function render({ model, el }) {

@@ -57,12 +57,19 @@ def static_html(result: Any, limit: int = 4000) -> str:
         spans.append(f'<span style="background:{bg}" title="{html.escape(tip)}">{html.escape(t["text"])}</span>')
     load = result.expert_load()
     peak = max([v for row in load for v in row] + [1])
+    experts = len(load[0]) if load else 0
+    head = "<tr><th></th>" + "".join(f"<th style='font-size:8px;font-weight:normal'>{e}</th>" for e in range(experts)) + "</tr>"
     rows = "".join(f"<tr><th style='font-size:9px'>L{i}</th>{''.join(_cell(v, peak) for v in row)}</tr>" for i, row in enumerate(load))
     more = f"<div><i>{len(result.tokens) - limit} more tokens not shown</i></div>" if len(result.tokens) > limit else ""
+    legend = ("<div style='display:flex;align-items:center;gap:4px;font-size:11px'>0 "
+              "<div style='display:inline-block;width:120px;height:10px;background:linear-gradient(to right,"
+              f"rgba(214,83,36,.08),rgba(214,83,36,1))'></div> {peak} tokens</div>")
+    table = f"<table style='border-collapse:collapse'>{head}{rows}</table>{legend}" if load else \
+        "<div><i>no expert routing was recorded</i></div>"
     return (
         "<div><div style='font-family:monospace;white-space:pre-wrap;line-height:1.8'>" + "".join(spans) + "</div>" + more
-        + "<div style='font-weight:600;margin-top:6px'>Expert load over the turn (layer × expert)</div>"
-        + f"<table style='border-collapse:collapse'>{rows}</table></div>"
+        + "<div style='font-weight:600;margin-top:6px'>Expert load over the turn: how many tokens each expert "
+        "(columns) processed in each layer (rows)</div>" + table + "</div>"
     )
 
 

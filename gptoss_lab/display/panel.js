@@ -46,12 +46,18 @@ function inline(s) {
     .replace(/\[([^\]]+)\]\((https?:[^)\s]+)\)/g, '<a href="$2" target="_blank" rel="noopener noreferrer">$1</a>');
 }
 
+// Roles, channels and recipients in their own case (functions.get_weather, not FUNCTIONS.GET_WEATHER).
 function label(m) {
   if (m.role === "tool") return `${m.name} returned`;
   if (m.role === "user") return "user";
   if (m.recipient) return `${m.channel || "message"} → ${m.recipient}`;
-  if (m.channel === "analysis") return "analysis — raw, unfiltered chain of thought";
+  if (m.channel === "analysis") return "analysis: raw, unfiltered chain of thought";
   return m.channel || m.role;
+}
+
+function labelHtml(m) {
+  const ct = m.content_type ? ` <code class="gl-ct">${esc(m.content_type)}</code>` : "";
+  return esc(label(m)) + ct + (m.incomplete ? " <i>(cut off)</i>" : "");
 }
 
 function kind(m) {
@@ -115,30 +121,49 @@ function render({ model, el }) {
     stop.style.display = h.status === "running" || h.status === "stopping" ? "" : "none";
   }
 
-  function box(m) {
+  const opened = new Set(); // ids of the analyses the user opened: they stay open while they stream and after
+
+  function box(m, id) {
     const k = kind(m);
-    let wrap;
+    let wrap, head;
     if (k === "analysis") {
       wrap = document.createElement("details");
-      wrap.innerHTML = `<summary>${esc(label(m))}</summary>`;
+      head = document.createElement("summary");
+      wrap.open = opened.has(id);
+      wrap.addEventListener("toggle", () => {
+        if (wrap.open === opened.has(id)) return;
+        if (wrap.open) opened.add(id); else opened.delete(id);
+        model.send({ type: "open", id, open: wrap.open });
+      });
     } else {
       wrap = document.createElement("div");
-      wrap.innerHTML = `<div class="gl-label">${esc(label(m))}</div>`;
+      head = document.createElement("div");
+      head.className = "gl-label";
     }
+    wrap.append(head);
     wrap.classList.add("gl-msg", `gl-${k}`);
     const content = document.createElement(k === "final" ? "div" : "pre");
     content.className = "gl-content";
-    renderBody(content, m);
     wrap.append(content);
-    if (m.outputs) wrap.insertAdjacentHTML("beforeend", outputsHtml(m.outputs));
-    if (m.error) wrap.insertAdjacentHTML("beforeend", `<div class="gl-error">${esc(m.error)}</div>`);
-    return { wrap, content };
+    const b = { wrap, head, content };
+    fill(b, m);
+    return b;
+  }
+
+  // A message's label, text, outputs and error, written into its box (the box itself stays, and with it
+  // whatever the user opened).
+  function fill(b, m) {
+    b.head.innerHTML = labelHtml(m);
+    renderBody(b.content, m);
+    for (const old of b.wrap.querySelectorAll(":scope > .gl-img, :scope > .gl-html, :scope > .gl-error")) old.remove();
+    if (m.outputs) b.wrap.insertAdjacentHTML("beforeend", outputsHtml(m.outputs));
+    if (m.error) b.wrap.insertAdjacentHTML("beforeend", `<div class="gl-error">${esc(m.error)}</div>`);
   }
 
   function drawMessages() {
     body.innerHTML = "";
     live.clear();
-    for (const m of model.get("messages") || []) body.append(box(m).wrap);
+    for (const m of model.get("messages") || []) body.append(box(m, m.id).wrap);
     for (const e of model.get("errors") || []) {
       body.insertAdjacentHTML("beforeend", `<div class="gl-msg gl-malformed"><div class="gl-label">recovered malformed output: ${esc(e.reason)}</div><pre class="gl-content">${esc(e.raw)}</pre></div>`);
     }
@@ -148,7 +173,7 @@ function render({ model, el }) {
     const [type, index, payload] = ev;
     if (type === "start") {
       const m = { ...payload, content: "" };
-      const b = box(m);
+      const b = box(m, index);
       body.append(b.wrap);
       live.set(index, { ...b, message: m });
     } else if (type === "delta") {
@@ -160,11 +185,13 @@ function render({ model, el }) {
     } else if (type === "done") {
       const l = live.get(index);
       // The kernel sends the text only once, as deltas; a "done" carries the rest of the message.
-      const b = box({ content: l ? l.message.content : "", ...payload });
-      if (l) l.wrap.replaceWith(b.wrap); else body.append(b.wrap);
+      const m = { content: l ? l.message.content : "", ...payload };
+      if (l && kind(l.message) === kind(m)) fill(l, m); // in place: an open analysis stays open
+      else if (l) l.wrap.replaceWith(box(m, index).wrap);
+      else body.append(box(m, index).wrap);
       live.delete(index);
     } else if (type === "tool" || type === "error") {
-      body.append(box(payload).wrap);
+      body.append(box(payload, index).wrap);
     }
   }
 

@@ -2,7 +2,9 @@
 
 Finished state lives in traits (``header``, ``messages``, ``errors``); live text goes as custom
 messages, coalesced to about 20 a second, each carrying only what is new. A view opened later
-rebuilds from the traits and asks (``sync``) for what is in flight. Stop sends ``stop``.
+rebuilds from the traits and asks (``sync``) for what is in flight. Stop sends ``stop``; opening or
+closing an analysis sends ``open``, so that the static bundle that replaces the panel when the turn
+ends (``static.turn_bundle``) keeps what the user had open.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class HarmonyPanel(anywidget.AnyWidget):
         self._t0 = time.monotonic()
         self._tokens = 0
         self._counts: dict[str, int] = {}
+        self._open: set[int] = set()  # ids of the messages the user has open
         self.sent_messages = 0  # custom messages sent (for tests and benchmarks)
         self.sent_bytes = 0
         self.on_msg(self._on_front_end)
@@ -58,6 +61,9 @@ class HarmonyPanel(anywidget.AnyWidget):
         if content.get("type") == "stop":
             self.cancel.set()
             self._set_header(status="stopping")
+        elif content.get("type") == "open" and isinstance(content.get("id"), int):
+            with self._lock:
+                (self._open.add if content.get("open") else self._open.discard)(content["id"])
         elif content.get("type") == "sync":
             with self._lock:
                 events: list[list[Any]] = [["done", m["id"], m] for m in self._shown]
@@ -134,6 +140,21 @@ class HarmonyPanel(anywidget.AnyWidget):
 
     def _set_header(self, **changes: Any) -> None:
         self.header = {**self.header, **changes}
+
+    def facts(self) -> dict[str, Any]:
+        """The header's facts, for the static bundle."""
+        h = self.header
+        return {**{k: h.get(k) for k in ("model", "engine", "moe_path", "effort", "status", "tokens_per_s")},
+                "tokens": self._tokens, "seconds": round(time.monotonic() - self._t0, 1)}
+
+    def open_messages(self) -> list[int]:
+        """Which of the turn's messages the user opened, counted as ``static.turn_html`` counts them
+        (the panel's parser errors are not messages)."""
+        with self._lock:
+            ids = [m["id"] for m in self._shown if m.get("role") != "error"]
+            if self._live is not None:
+                ids.append(self._live["id"])
+            return [i for i, ident in enumerate(ids) if ident in self._open]
 
     def finish(self, status: str) -> None:
         """The turn ended: send what is left, then make the whole turn state (for views opened later)."""
