@@ -6,7 +6,7 @@ decode bound it sets (bytes read per token / bandwidth), with our decode speed a
 pure-torch fallback's decode speed on the same loaded weights. The model runs in a child process so
 that its peak resident memory is its own. Random weights: speed and memory are real, the text is noise.
 
-Then llama.cpp (benchmarks/llamacpp.py: built from PyPI's llama-cpp-python sdist, the same weights
+Then llama.cpp (gptoss_lab/serving/llamacpp.py: built from PyPI's llama-cpp-python sdist, the same weights
 converted to GGUF) decodes after the same 1k-token prompt, for comparison.
 
 Options: --quick (decode only, 1k context), --no-llamacpp, --json FILE.
@@ -157,7 +157,7 @@ def main() -> int:
 def compare_llamacpp(folder: Path, r: dict) -> None:
     import torch
 
-    from benchmarks import llamacpp
+    from gptoss_lab.serving import llamacpp
 
     prompt = torch.randint(0, 199998, (4096,), generator=torch.Generator().manual_seed(0)).tolist()[:1024]
     try:

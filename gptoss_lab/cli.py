@@ -255,7 +255,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inspect", action="store_true", help="record tokens, logprobs and routing in the transcript")
     p.add_argument("--json", action="store_true", help="print the transcript as one JSON document")
     p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser(
+        "serve-test-model",
+        help="serve gpt-oss-nano on 127.0.0.1 with llama.cpp, to try the remote path on a laptop",
+        description="Build llama.cpp's server from PyPI's llama-cpp-python sdist (once, into the cache: about "
+        "7 minutes on 2 cores), convert nano to GGUF (once), and serve it on loopback until Ctrl-C. "
+        "Then, in a notebook: %gptoss load http://127.0.0.1:PORT",
+    )
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--api-key-env", default=None, help="require the key held in this environment variable")
+    p.set_defaults(func=cmd_serve_test_model)
     return ap
+
+
+def cmd_serve_test_model(args: argparse.Namespace) -> int:
+    import os
+    import time
+
+    from .serving import llamacpp
+
+    key = os.environ.get(args.api_key_env, "") if args.api_key_env else None
+    if args.api_key_env and not key:
+        print(f"gptoss-lab: ${args.api_key_env} is not set", file=sys.stderr)
+        return 2
+    print("building llama.cpp's server and converting nano (once; the first time takes minutes) ...", file=sys.stderr)
+    model = llamacpp.nano_gguf()
+    with llamacpp.Server(model, port=args.port, api_key=key) as srv:
+        hint = f" --api-key-env {args.api_key_env}" if args.api_key_env else ""
+        print(f"serving gpt-oss-nano (llama.cpp {llamacpp.LLAMA_CPP_PYTHON}) at {srv.url}\n"
+              f"in a notebook: %gptoss load {srv.url}{hint}\nCtrl-C stops it", flush=True)
+        try:
+            while srv.proc.poll() is None:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -30,3 +30,8 @@ class ModelDoesNotFitError(GptossLabError, MemoryError):
 
 class TurnInProgressError(GptossLabError, RuntimeError):
     """A turn of this chat is still running; a second turn, a reset or a new model must wait for it."""
+
+
+class BackendError(GptossLabError):
+    """The engine broke off in the middle of a generation (a server that died or dropped the stream).
+    The turn keeps what was generated (``Chat.results[-1]``, stop reason ``failed``), then this is raised."""

@@ -4,6 +4,8 @@ Line magic::
 
     %gptoss load [MODEL] [--device D] [--dtype T] [--tps N] a hub id, a folder, nano, tiny, or replay:PATH
                                                             (none: gpt-oss on a GPU, else nano; it says why)
+    %gptoss load http://HOST:PORT [--engine vllm|llama.cpp] [--served-model NAME] [--api-key-env VAR]
+                                                            a vLLM or llama.cpp server, driven by token ids
     %gptoss status                                          the model's report and the conversation
     %gptoss reset                                           forget the conversation
     %gptoss prompt                                          exactly what is sent next, special tokens shown
@@ -134,10 +136,14 @@ class GptossMagics(Magics):
         ap.add_argument("--device", default=None)
         ap.add_argument("--dtype", default=None)
         ap.add_argument("--tps", type=float, default=None)
+        ap.add_argument("--engine", default=None, choices=["vllm", "llama.cpp"])
+        ap.add_argument("--served-model", default=None)
+        ap.add_argument("--api-key-env", default=None)
         try:
             opts = ap.parse_args(args)
         except (argparse.ArgumentError, SystemExit) as e:
-            raise UsageError(f"%gptoss load [MODEL] [--device D] [--dtype T] [--tps N]: {e}") from None
+            raise UsageError(f"%gptoss load [MODEL] [--device D] [--dtype T] [--tps N] | %gptoss load http://HOST:PORT "
+                             f"[--engine vllm|llama.cpp] [--served-model NAME] [--api-key-env VAR]: {e}") from None
         self._not_busy("loading another model")
         name = opts.model
         if name is None:
@@ -145,7 +151,8 @@ class GptossMagics(Magics):
 
             name, why = default_model()
             print(f"Loading {name}: {why}.")
-        load_options = {k: v for k, v in (("device", opts.device), ("dtype", opts.dtype)) if v is not None}
+        load_options = {k: v for k, v in (("device", opts.device), ("dtype", opts.dtype), ("engine", opts.engine),
+                                          ("served_model", opts.served_model), ("api_key_env", opts.api_key_env)) if v is not None}
         try:
             with _quiet_libraries():  # what they warn of, the report says in words, once
                 model = load(name, tps=opts.tps, **load_options)

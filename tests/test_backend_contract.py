@@ -2,7 +2,7 @@
 
 Each backend joins by adding a param to ``backend``: the test then holds it to what the Protocol
 promises. Here: the transformers backend on a random-weight checkpoint (``tiny``) and on the trained
-``nano``, and the replay backend.
+``nano``, the replay backend, and the remote backend on a real llama.cpp server serving nano.
 """
 
 from __future__ import annotations
@@ -58,8 +58,18 @@ def return_after_first_token(backend):
         backend.reset()
 
 
-@pytest.fixture(scope="module", params=["tiny", "nano", "replay"])
+@pytest.fixture(scope="module")
+def llama_server():
+    from gptoss_lab.serving import llamacpp
+
+    with llamacpp.Server(llamacpp.nano_gguf(), threads=2) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module", params=["tiny", "nano", "replay", "llama.cpp"])
 def case(request, tmp_path_factory):
+    if request.param == "llama.cpp":
+        return gptoss_lab.load(request.getfixturevalue("llama_server").url), no_change
     if request.param == "tiny":
         b = gptoss_lab.load(str(init_tiny(tmp_path_factory.mktemp("tiny"), seed=4)))
         return b, return_after_first_token
@@ -147,6 +157,6 @@ def test_every_name_the_magic_takes_gptoss_lab_load_takes(tmp_path):
         gptoss_lab.load("nano", tps=5)
 
 
-def test_a_served_model_is_refused_in_one_line_until_remote_engines_exist():
-    with pytest.raises(ValueError, match="remote engines .* not supported"):
-        gptoss_lab.load("http://127.0.0.1:8000")
+def test_a_served_model_takes_no_local_options():
+    with pytest.raises(ValueError, match="a served model takes no device option"):
+        gptoss_lab.load("http://127.0.0.1:9", device="cpu")

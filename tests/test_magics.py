@@ -109,6 +109,10 @@ def test_line_magic_misuse(ip):
         ip.run_line_magic("gptoss", "load not-a-model")
     with pytest.raises(UsageError, match="cannot read the recording"):
         ip.run_line_magic("gptoss", "load replay:/no/such.txt")
+    with pytest.raises(UsageError, match=r"nothing answers at http://127.0.0.1:9 "):  # a served model, refused
+        ip.run_line_magic("gptoss", "load http://127.0.0.1:9 --engine llama.cpp")
+    with pytest.raises(UsageError, match="invalid choice: 'ollama'"):
+        ip.run_line_magic("gptoss", "load http://127.0.0.1:9 --engine ollama")
 
 
 def test_the_magic_documents_itself(ip):

@@ -82,7 +82,10 @@ def test_replay_with_a_real_python_call(kernel, tmp_path):
     custom = [m for m in msgs if m["msg_type"] == "comm_msg" and m["content"]["data"].get("method") == "custom"]
     assert custom, "live updates go as custom messages"
     final = [m for m in msgs if m["msg_type"] == "update_display_data"][-1]["content"]["data"]
-    assert WIDGET in final and "408" in final["text/markdown"]
+    # the live panel gave way, in place, to the static bundle: the saved notebook needs no widget
+    assert WIDGET not in final and "408" in final["text/markdown"] and "print(12*34)" in final["text/html"]
+    closed = [m for m in msgs if m["msg_type"] == "comm_close"]
+    assert closed, "the panel's widget is closed once its turn is over"
     transcript = final[MIME]
     roles = [(m["role"], m["recipient"]) for m in transcript["messages"]]
     assert ("assistant", "python") in roles and ("tool", "assistant") in roles

@@ -82,6 +82,7 @@ def test_reopened_without_running_shows_every_channel(executed, lab):  # noqa: F
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
     page.wait_for_selector(".gls .gls-final", timeout=60_000)  # the extension's renderer, not a widget
     time.sleep(1)
+    shut_down_kernels(url, token)  # what follows works with no kernel at all
     body = page.locator(".jp-Notebook").inner_text()
     assert "Loading widget" not in body and "Error displaying widget" not in body
     turn = transcripts(nb)[0]
@@ -117,6 +118,33 @@ def test_reopened_without_running_shows_every_channel(executed, lab):  # noqa: F
     assert inspected.locator(".gls-legend").is_visible()
     page.screenshot(path=str(ARTIFACTS / f"{app}-saved-inspect.png"), full_page=True)
     page.close()
+
+
+def shut_down_kernels(url: str, token: str) -> None:
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/api/kernels?token={token}", timeout=10) as r:
+        kernels = json.load(r)
+    for k in kernels:
+        urllib.request.urlopen(urllib.request.Request(f"{url}/api/kernels/{k['id']}?token={token}", method="DELETE"), timeout=30)
+    with urllib.request.urlopen(f"{url}/api/kernels?token={token}", timeout=10) as r:
+        assert json.load(r) == []
+
+
+def test_nbconvert_execute_to_html(tmp_path):
+    """`jupyter nbconvert --to html --execute` on the notebook as a user writes it (no outputs yet)."""
+    import subprocess
+    import sys
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(c) for c in CELLS[:3]]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "fresh.ipynb")
+    subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "html", "--execute", str(tmp_path / "fresh.ipynb")],
+                   check=True, capture_output=True, timeout=600, cwd=tmp_path)
+    text = "".join(parsed((tmp_path / "fresh.html").read_text(encoding="utf-8")).parts)
+    assert "print(37*91)" in text and "3367" in text and "analysis: raw, unfiltered chain of thought" in text
+    assert "python returned" in text and "37*91 = 3367" in text
 
 
 def test_the_extension_is_installed_and_enabled():

@@ -115,6 +115,12 @@ def _skeleton(folder: Path, attn_implementation: str) -> Any:
     return model
 
 
+def _in_kernel() -> bool:
+    """True in a Jupyter kernel (an IPython shell with a kernel attached)."""
+    shell = sys.modules.get("IPython") and getattr(sys.modules["IPython"], "get_ipython", lambda: None)()
+    return getattr(shell, "kernel", None) is not None
+
+
 def load_model(folder: str | Path, ops: Any, *, attn_implementation: str = "eager", progress: bool = True) -> Any:
     """A ``GptOssForCausalLM`` on the CPU with packed MXFP4 experts and bf16 dense weights.
 
@@ -130,9 +136,10 @@ def load_model(folder: str | Path, ops: Any, *, attn_implementation: str = "eage
     experts: dict[int, dict[str, torch.Tensor]] = {}
     linears: dict[str, dict[str, torch.Tensor]] = {}
     layers = model.model.layers
-    # on stdout: in a notebook, stderr is shown as a warning (pink), and this is none
+    # In a notebook on stdout (the cell shows stderr as a warning, in pink, and this is none); elsewhere on
+    # stderr, so that a CLI's stdout holds only its JSON.
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="Loading MXFP4 weights (kept packed)", disable=not progress,
-               file=sys.stdout)
+               file=sys.stdout if _in_kernel() else sys.stderr)
     try:
         for path in files:
             for name, t in read_shard(path):

@@ -22,7 +22,7 @@ CALL = 200012  # <|call|>: the assistant called a tool (a stop token)
 FIRST_SPECIAL = 199998  # ids below this are ordinary text tokens
 VOCAB_SIZE = 201088
 
-TurnEnd = Literal["return", "call", "max_tokens", "stopped", "end_of_input"]
+TurnEnd = Literal["return", "call", "max_tokens", "stopped", "end_of_input", "failed"]  # failed: the engine broke off
 
 
 @dataclass(frozen=True, slots=True)

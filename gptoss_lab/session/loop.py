@@ -15,6 +15,7 @@ from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..backends.base import Cancel, TokenStep, cancelled
+from ..errors import BackendError
 from ..harmony.events import CALL, FIRST_SPECIAL, RETURN, TurnEnd
 from ..harmony.transcript import TranscriptBuilder
 from .results import SamplingConfig, SessionEvent, ToolResult, TurnFinished, TurnResult
@@ -87,6 +88,7 @@ class TurnLoop:
         self.tool_results: list[ToolResult] = []
         self.rounds: list[dict[str, Any]] = []
         self.used = 0  # tokens generated so far, all rounds
+        self.failure: BackendError | None = None  # the engine broke off (raised once the turn's result is made)
         self.final: str | None = None
 
     def run(self) -> Iterator[SessionEvent]:
@@ -105,6 +107,8 @@ class TurnLoop:
             prompt = first_prompt if round_ == 0 else chat.prompt_ids(reasoning=self.reasoning, turn_start=turn_start)
             ended = yield from self._generate(prompt, round_)
             stop_reason = ended
+            if ended == "failed":
+                break
             calls = list(self.transcript.calls)
             self.transcript.calls.clear()
             if not calls or ended not in ("call", "stopped"):
@@ -135,6 +139,8 @@ class TurnLoop:
                 stop_reason = "max_tokens"  # the budget is for the whole turn, tool rounds included
                 break
         yield TurnFinished(self._result(first_prompt, stop_reason, time.monotonic() - t0))
+        if self.failure is not None:
+            raise self.failure
 
     def _generate(self, prompt: list[int], round_: int) -> Generator[SessionEvent, None, str]:
         """One round of the model's output; returns why it ended."""
@@ -144,20 +150,25 @@ class TurnLoop:
         parser = HarmonyStreamParser(self.enc, role="assistant")
         self.transcript.offset = self.used
         generated: list[int] = []
-        for step in self.chat.model.stream(
-            prompt, max_tokens=s.max_tokens - self.used, temperature=s.temperature, top_p=s.top_p,
-            seed=None if s.seed is None else s.seed + round_, logprobs=s.logprobs if s.inspect else 0,
-            routing=s.inspect, sinks=s.inspect, cancel=self.cancel,
-        ):
-            generated.append(step.token)
-            events = parser.feed((step.token,))
-            self.transcript.extend(events)
-            if self.recorder is not None:
-                self.recorder.add(step, parser, round_)
-            yield from events
+        try:
+            for step in self.chat.model.stream(
+                prompt, max_tokens=s.max_tokens - self.used, temperature=s.temperature, top_p=s.top_p,
+                seed=None if s.seed is None else s.seed + round_, logprobs=s.logprobs if s.inspect else 0,
+                routing=s.inspect, sinks=s.inspect, cancel=self.cancel,
+            ):
+                generated.append(step.token)
+                events = parser.feed((step.token,))
+                self.transcript.extend(events)
+                if self.recorder is not None:
+                    self.recorder.add(step, parser, round_)
+                yield from events
+        except BackendError as e:  # the engine broke off: what it wrote is kept, the error raised at the end
+            self.failure = e
         self.used += len(generated)
         reason: TurnEnd
-        if generated and generated[-1] in STOP_TOKENS:
+        if self.failure is not None:
+            reason = "failed"
+        elif generated and generated[-1] in STOP_TOKENS:
             reason = "return" if generated[-1] == RETURN else "call"
         elif cancelled(self.cancel):
             reason = "stopped"
@@ -202,6 +213,8 @@ class TurnLoop:
             "versions": dict(_versions()),
             "seconds": round(seconds, 3),
         }
+        if self.failure is not None:
+            extra["failure"] = f"{type(self.failure).__name__}: {self.failure}"
         if self.recorder is not None:
             extra["tokens"] = self.recorder.tokens
             extra["num_experts"] = caps.experts

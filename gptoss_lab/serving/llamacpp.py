@@ -1,13 +1,13 @@
-"""llama.cpp beside our CPU engine, on the same gpt-oss-20b-shaped weights (``make bench``).
+"""llama.cpp's server, built here and run on loopback: for the remote backend's tests, for
+``gptoss-lab serve-test-model`` (a laptop's server for nano), and beside our CPU engine in ``make bench``.
 
 Everything comes from the package registries: llama.cpp is the copy vendored in the
 ``llama-cpp-python`` sdist on PyPI (``LLAMA_CPP_PYTHON``), built once into
 ``<cache>/llama.cpp/<version>/llama-server`` (cmake + ninja, about 7 minutes on 2 cores); the checkpoint
-is converted once with that copy's ``convert_hf_to_gguf.py`` (experts kept in MXFP4, the rest bf16, as
-ours) into ``<cache>/bench/``, after a ``tokenizer.json`` is made for it from the o200k_base vocabulary
-(transformers' TikTokenConverter: the converter reads the vocabulary from the model folder). The server
-then decodes after a 1k-token prompt given as token ids. llama.cpp quantizes activations to 8 bits in its
-MXFP4 dot products: faster arithmetic, different numerics from transformers'.
+is converted once with that copy's ``convert_hf_to_gguf.py`` (experts kept in MXFP4) beside it, after a
+``tokenizer.json`` is made for it from the o200k_base vocabulary (transformers' TikTokenConverter, which
+needs ``tiktoken``: the converter reads the vocabulary from the model folder). llama.cpp quantizes
+activations to 8 bits in its MXFP4 dot products: faster arithmetic, different numerics from transformers'.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ O200K_PATTERN = "|".join([
 
 
 def _cache() -> Path:
-    from gptoss_lab.harmony.vocab import cache_dir
+    from ..harmony.vocab import cache_dir
 
     return cache_dir()
 
@@ -90,7 +90,7 @@ def tokenizer_json(out: Path) -> None:
     """o200k_base with gpt-oss's 1090 special tokens (199998..201087), as a Hugging Face tokenizer.json."""
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
-    from gptoss_lab.harmony.vocab import VOCAB_FILE, vocab_dir
+    from ..harmony.vocab import VOCAB_FILE, vocab_dir
 
     pattern = O200K_PATTERN
     specials = [SPECIAL.get(i, f"<|reserved_{i}|>") for i in range(199998, VOCAB)]
@@ -101,60 +101,88 @@ def tokenizer_json(out: Path) -> None:
                                                            "bos_token": "<|startoftext|>", "eos_token": "<|return|>"}))
 
 
-def gguf(folder: Path) -> Path:
-    """The checkpoint as GGUF (MXFP4 experts kept, the rest bf16), converted once next to it."""
-    out = folder.with_name(folder.name + ".gguf")
+def gguf(folder: Path, out: Path | None = None, outtype: str = "bf16") -> Path:
+    """The checkpoint as GGUF (MXFP4 experts kept, the rest ``outtype``), converted once (next to it by default)."""
+    out = out or folder.with_name(folder.name + ".gguf")
     if out.exists():
         return out
     src = source()
-    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         stage = Path(tmp)
         for f in folder.iterdir():  # the shards by link, the small files as they are
-            (stage / f.name).symlink_to(f)
+            (stage / f.name).symlink_to(f.resolve())
         tokenizer_json(stage)
         part = out.with_name(out.name + ".partial")
         env = {**os.environ, "PYTHONPATH": str(src / "gguf-py")}
-        _run([sys.executable, str(src / "convert_hf_to_gguf.py"), str(stage), "--outfile", str(part), "--outtype", "bf16"],
+        _run([sys.executable, str(src / "convert_hf_to_gguf.py"), str(stage), "--outfile", str(part), "--outtype", outtype],
              env=env)
         part.rename(out)
     return out
 
 
-def _free_port() -> int:
+def nano_gguf() -> Path:
+    """gpt-oss-nano as GGUF (float32 dense weights, MXFP4 experts), in the cache."""
+    from ..backends.nano import materialize
+
+    folder = materialize()  # the full-vocabulary checkpoint, the one transformers loads
+    return gguf(folder, _cache() / "serving" / f"{folder.name}.gguf", outtype="f32")
+
+
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def decode_speed(model: Path, prompt: list[int], tokens: int = 16, threads: int | None = None) -> dict[str, float]:
-    """llama-server's own timings for ``tokens`` greedy tokens after ``prompt`` (token ids)."""
-    port = _free_port()
-    cmd = [str(server()), "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "-c", "4096",
-           "-t", str(threads or os.cpu_count() or 2), "--no-webui"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 600
+class Server:
+    """A llama-server process on 127.0.0.1; ``url`` once it is ready. A context manager that stops it."""
+
+    def __init__(self, model: Path, *, port: int | None = None, context: int = 4096, threads: int | None = None,
+                 api_key: str | None = None, ready_seconds: float = 600):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [str(server()), "-m", str(model), "--host", "127.0.0.1", "--port", str(self.port), "-c", str(context),
+               "-t", str(threads or os.cpu_count() or 2), "--no-webui"]
+        if api_key:
+            cmd += ["--api-key", api_key]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + ready_seconds
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"llama-server exited: {proc.stderr.read()[-2000:] if proc.stderr else ''}")
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"llama-server exited: {self.proc.stderr.read()[-2000:] if self.proc.stderr else ''}")
             try:
-                with urllib.request.urlopen(base + "/health", timeout=5) as r:
+                with urllib.request.urlopen(urllib.request.Request(self.url + "/health", headers=headers), timeout=5) as r:
                     if json.loads(r.read()).get("status") == "ok":
                         break
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError("llama-server did not become ready in 10 minutes")
-            time.sleep(1)
+                self.stop()
+                raise RuntimeError(f"llama-server did not become ready in {ready_seconds:.0f} s")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def decode_speed(model: Path, prompt: list[int], tokens: int = 16, threads: int | None = None) -> dict[str, float]:
+    """llama-server's own timings for ``tokens`` greedy tokens after ``prompt`` (token ids)."""
+    with Server(model, threads=threads) as srv:
         body = json.dumps({"prompt": prompt, "n_predict": tokens, "temperature": 0, "cache_prompt": False}).encode()
-        req = urllib.request.Request(base + "/completion", data=body, headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(srv.url + "/completion", data=body, headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=3600) as r:
             timings = json.loads(r.read())["timings"]
         return {"decode_tok_s": float(timings["predicted_per_second"]), "prefill_tok_s": float(timings["prompt_per_second"])}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
