@@ -380,8 +380,10 @@ class _Turn:
 
         report = magics._require_model().report
         self.opts = opts
+        caps = magics._require_model().capabilities
+        returns = [name for name, has in (("logprobs", caps.logprobs), ("routing", caps.routing), ("sinks", caps.sinks)) if has]
         self.panel = HarmonyPanel(header={"model": report.model, "engine": report.engine, "moe_path": report.moe_path,
-                                          "effort": chat.reasoning})
+                                          "effort": chat.reasoning, "returns": " · ".join(returns) or "token ids only"})
         self.handle = display(self.panel, display_id=True)
         self.failure: BaseException | None = None
         try:

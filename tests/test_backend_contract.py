@@ -2,7 +2,7 @@
 
 Each backend joins by adding a param to ``backend``: the test then holds it to what the Protocol
 promises. Here: the transformers backend on a random-weight checkpoint (``tiny``) and on the trained
-``nano``, the replay backend, and the remote backend on a real llama.cpp server serving nano.
+``nano``, the replay backend, and the remote backend on real llama.cpp and vLLM servers serving nano.
 """
 
 from __future__ import annotations
@@ -66,10 +66,19 @@ def llama_server():
         yield srv
 
 
-@pytest.fixture(scope="module", params=["tiny", "nano", "replay", "llama.cpp"])
+@pytest.fixture(scope="module")
+def vllm_server():
+    from gptoss_lab.serving import vllm
+
+    with vllm.Server(vllm.nano_float32()) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module", params=["tiny", "nano", "replay", "llama.cpp", "vllm"])
 def case(request, tmp_path_factory):
-    if request.param == "llama.cpp":
-        return gptoss_lab.load(request.getfixturevalue("llama_server").url), no_change
+    if request.param in ("llama.cpp", "vllm"):
+        server = request.getfixturevalue("llama_server" if request.param == "llama.cpp" else "vllm_server")
+        return gptoss_lab.load(server.url), no_change
     if request.param == "tiny":
         b = gptoss_lab.load(str(init_tiny(tmp_path_factory.mktemp("tiny"), seed=4)))
         return b, return_after_first_token

@@ -114,17 +114,21 @@ class RemoteBackend:
         return ServerError(f"{self.url} dropped the connection ({what}): {e or type(e).__name__}", url=self.url,
                            server_said=str(e))
 
-    def _get(self, path: str) -> tuple[int, Any]:
+    def _call(self, method: str, path: str, payload: dict[str, Any] | None = None) -> tuple[int, Any]:
+        """(status, the body as JSON, or as text when it is not JSON)."""
         import httpx
 
         try:
-            r = self._http.get(self.url + path, headers=self._headers())
+            r = self._http.request(method, self.url + path, json=payload, headers=self._headers())
         except httpx.HTTPError as e:
-            raise self._fail(e, f"GET {path}") from None
+            raise self._fail(e, f"{method} {path}") from None
         try:
             return r.status_code, r.json()
         except ValueError:
             return r.status_code, r.text
+
+    def _get(self, path: str) -> tuple[int, Any]:
+        return self._call("GET", path)
 
     def _refused(self, status: int, body: Any, what: str) -> ServerError:
         said = _words(body if isinstance(body, str) else json.dumps(body))
@@ -171,7 +175,7 @@ class RemoteBackend:
         """A one-token request on Harmony's special tokens and the vocabulary's last id: a model with a
         smaller vocabulary refuses it; llama.cpp also names the special tokens."""
         if self.engine == "llama.cpp":
-            status, body = self._post_json("/detokenize", {"tokens": list(SPECIALS)})
+            status, body = self._call("POST", "/detokenize", {"tokens": list(SPECIALS)})
             if status == 200 and isinstance(body, dict) and body.get("content") != "".join(SPECIALS.values()):
                 raise NotGptOssError(f"{self.url}'s model does not render gpt-oss's special tokens "
                                      f"(got {str(body.get('content'))[:80]!r}): it is not a gpt-oss model")
@@ -183,18 +187,6 @@ class RemoteBackend:
                 raise NotGptOssError(f"{self.url}'s model is not gpt-oss: it refuses o200k_harmony's token ids "
                                      f"({e.server_said or e.status})") from None
             raise
-
-    def _post_json(self, path: str, payload: dict[str, Any]) -> tuple[int, Any]:
-        import httpx
-
-        try:
-            r = self._http.post(self.url + path, json=payload, headers=self._headers())
-        except httpx.HTTPError as e:
-            raise self._fail(e, f"POST {path}") from None
-        try:
-            return r.status_code, r.json()
-        except ValueError:
-            return r.status_code, r.text
 
     def _request(self, prompt: list[int], max_tokens: int, temperature: float, top_p: float, seed: int | None,
                  logprobs: int) -> tuple[str, dict[str, Any]]:

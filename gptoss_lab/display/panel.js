@@ -95,7 +95,7 @@ function render({ model, el }) {
   // The header is built once and updated in place: a Stop button that was re-created on every
   // update could lose the click that lands while it is replaced.
   const parts = {};
-  for (const [key, cls] of [["model", "gl-model"], ["moe", "gl-chip"], ["effort", "gl-chip"], ["speed", "gl-chip"],
+  for (const [key, cls] of [["model", "gl-model"], ["moe", "gl-chip"], ["effort", "gl-chip"], ["returns", "gl-chip"], ["speed", "gl-chip"],
                             ["counts", "gl-counts"], ["status", "gl-status"]]) {
     parts[key] = document.createElement("span");
     parts[key].className = cls;
@@ -113,11 +113,12 @@ function render({ model, el }) {
     parts.model.textContent = h.model || "";
     parts.moe.textContent = h.moe_path || "";
     parts.effort.textContent = h.effort ? `effort ${h.effort}` : "";
+    parts.returns.textContent = h.returns ? `returns ${h.returns}` : "";
     parts.speed.textContent = h.tokens_per_s ? `${Number(h.tokens_per_s).toFixed(1)} tok/s` : "";
     parts.counts.textContent = counts;
     parts.status.textContent = h.status || "";
     parts.status.className = `gl-status gl-${h.status || ""}`;
-    for (const key of ["effort", "speed"]) parts[key].style.display = parts[key].textContent ? "" : "none";
+    for (const key of ["effort", "returns", "speed"]) parts[key].style.display = parts[key].textContent ? "" : "none";
     stop.style.display = h.status === "running" || h.status === "stopping" ? "" : "none";
   }
 

@@ -144,7 +144,7 @@ class HarmonyPanel(anywidget.AnyWidget):
     def facts(self) -> dict[str, Any]:
         """The header's facts, for the static bundle."""
         h = self.header
-        return {**{k: h.get(k) for k in ("model", "engine", "moe_path", "effort", "status", "tokens_per_s")},
+        return {**{k: h.get(k) for k in ("model", "engine", "moe_path", "effort", "returns", "status", "tokens_per_s")},
                 "tokens": self._tokens, "seconds": round(time.monotonic() - self._t0, 1)}
 
     def open_messages(self) -> list[int]:

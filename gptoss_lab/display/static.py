@@ -110,7 +110,8 @@ def message_html(m: dict[str, Any], outputs: Iterable[dict[str, Any]] = (), open
 
 
 def header_html(facts: dict[str, Any]) -> str:
-    shown = [(k, facts.get(k)) for k in ("model", "engine", "moe_path", "effort", "status", "tokens", "seconds", "tokens_per_s")]
+    shown = [(k, facts.get(k)) for k in ("model", "engine", "moe_path", "effort", "returns", "status", "tokens", "seconds",
+                                         "tokens_per_s")]
     names = {"moe_path": "MoE path", "tokens_per_s": "tok/s", "effort": "reasoning effort"}
     cells = "".join(f"<span><b>{esc(names.get(k, k))}</b> {esc(v)}</span>" for k, v in shown if v not in (None, ""))
     return f'<div class="gls-head">{cells}</div>'

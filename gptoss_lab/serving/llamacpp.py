@@ -20,10 +20,11 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from . import stop, wait_ready
 
 LLAMA_CPP_PYTHON = "0.3.36"
 SPECIAL = {199998: "<|startoftext|>", 199999: "<|endoftext|>", 200002: "<|return|>", 200003: "<|constrain|>",
@@ -147,29 +148,13 @@ class Server:
         if api_key:
             cmd += ["--api-key", api_key]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + ready_seconds
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"llama-server exited: {self.proc.stderr.read()[-2000:] if self.proc.stderr else ''}")
-            try:
-                with urllib.request.urlopen(urllib.request.Request(self.url + "/health", headers=headers), timeout=5) as r:
-                    if json.loads(r.read()).get("status") == "ok":
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"llama-server did not become ready in {ready_seconds:.0f} s")
-            time.sleep(0.5)
+        wait_ready(self.proc, self.url + "/health", ready_seconds, headers=headers,
+                   ok=lambda body: json.loads(body).get("status") == "ok",
+                   log=lambda: self.proc.stderr.read() if self.proc.stderr and self.proc.poll() is not None else "")
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop(self.proc, grace=30)
 
     def __enter__(self) -> Server:
         return self

