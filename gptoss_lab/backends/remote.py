@@ -78,7 +78,10 @@ class RemoteBackend:
             raise ValueError(f"--api-key-env {api_key_env}: that environment variable is not set")
         self.url = url.rstrip("/")
         self._key_env = api_key_env
-        self._http = httpx.Client(timeout=httpx.Timeout(READ_SECONDS, connect=CONNECT_SECONDS))
+        # A new connection per request: a kept-alive one that the server closes just as a request goes out
+        # reads as "disconnected without a response" (seen with llama-server), and nothing is retried here.
+        self._http = httpx.Client(timeout=httpx.Timeout(READ_SECONDS, connect=CONNECT_SECONDS),
+                                  limits=httpx.Limits(max_keepalive_connections=0))
         t0 = time.monotonic()
         self.engine, self.version = self._detect(engine)
         self.served_model, self.context_length = self._model(served_model)
