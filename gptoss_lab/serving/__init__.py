@@ -30,9 +30,21 @@ def wait_ready(proc: subprocess.Popen, url: str, seconds: float, *, headers: dic
 
 
 def stop(proc: subprocess.Popen, grace: float = 60) -> None:
-    proc.terminate()
+    """Stop a server started in a session of its own, with every process of it (vLLM's engine core is a
+    child that outlives a killed API server otherwise)."""
+    import os
+    import signal
+
+    def signal_group(sig: int) -> None:
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    signal_group(signal.SIGTERM)
     try:
         proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        pass
+    signal_group(signal.SIGKILL)
+    proc.wait()

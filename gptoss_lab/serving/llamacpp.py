@@ -147,7 +147,7 @@ class Server:
                "-t", str(threads or os.cpu_count() or 2), "--no-webui"]
         if api_key:
             cmd += ["--api-key", api_key]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         wait_ready(self.proc, self.url + "/health", ready_seconds, headers=headers,
                    ok=lambda body: json.loads(body).get("status") == "ok",

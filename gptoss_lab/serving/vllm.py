@@ -91,7 +91,7 @@ class Server:
         self.log = _cache() / "serving" / f"vllm-{self.port}.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self._out = open(self.log, "w")  # noqa: SIM115  (closed in stop)
-        self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT, env=env)
+        self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         wait_ready(self.proc, self.url + "/health", ready_seconds, log=self.log.read_text)
 
     def stop(self) -> None:
