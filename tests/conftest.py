@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 # the fast loop (no kernel, no sandbox, no browser). A module is in the tier of the heaviest thing it runs.
 TIERS = {
     "browser": {"test_lab_ui"},
-    "kernel": {"test_notebook", "test_quickstart", "test_magics"},
+    "kernel": {"test_notebook", "test_quickstart", "test_magics", "test_curriculum", "test_binder"},
     "sandbox": {"test_sandbox", "test_sandbox_dos", "test_sandbox_hostile", "test_sandbox_unprivileged",
                 "test_session", "test_nano"},
 }

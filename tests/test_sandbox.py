@@ -305,6 +305,20 @@ def test_without_bubblewrap_it_refuses_unless_told(monkeypatch, tmp_path):
         assert s.run("6 * 7").text == "42\n"
 
 
+def test_the_environment_can_choose_the_weaker_tier_and_the_report_says_so(monkeypatch, tmp_path):
+    # binder/start sets GPTOSS_LAB_ISOLATION=process in a container where bubblewrap cannot make namespaces
+    monkeypatch.setenv("GPTOSS_LAB_ISOLATION", "process")
+    mine = tmp_path / "mine.txt"
+    mine.write_text("the user's file")
+    with Sandbox() as s:
+        assert s.isolation == "process"
+        assert "NOT isolated" in str(s.report) and "chosen by GPTOSS_LAB_ISOLATION=process" in str(s.report)
+        assert s.run(f"print(open({str(mine)!r}).read())").text == "the user's file\n"  # honestly: it sees it
+    monkeypatch.setenv("GPTOSS_LAB_ISOLATION", "none")
+    with pytest.raises(ValueError, match="'auto' or 'process'"):
+        Sandbox()
+
+
 def test_python_tool_declaration_tells_the_truth(sb):
     tool = PythonTool(sandbox=sb)
     text = tool.declaration_text()

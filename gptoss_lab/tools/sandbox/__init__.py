@@ -12,7 +12,8 @@ is listed, layer by layer, in ``Sandbox.report``:
 ``bwrap+userns`` (not root)
     the same in an unprivileged user namespace, as the user's own uid, with user namespaces
     disabled inside (``--disable-userns``).
-``process`` (only when asked for: ``Sandbox(isolation="process")``)
+``process`` (only when asked for: ``Sandbox(isolation="process")``, or ``GPTOSS_LAB_ISOLATION=process``
+    in the environment, as binder/start sets it in a container that cannot make namespaces)
     a plain child process with the resource limits and a cleared environment. It is NOT isolated
     from your files or your network.
 
@@ -42,6 +43,7 @@ from typing import Any
 
 from .isolation import (
     DATA_DIR,
+    ENV_ISOLATION,
     SHARE_DIR,
     SandboxError,
     SandboxUnavailableError,
@@ -88,7 +90,8 @@ class Sandbox:
         is always the limited tmpfs where one can be mounted.
     isolation
         ``"auto"`` (the strongest available; refuses to run unsandboxed) or ``"process"`` (no
-        isolation from files or network: only resource limits; an explicit choice).
+        isolation from files or network: only resource limits; an explicit choice). ``None``: the
+        environment's ``GPTOSS_LAB_ISOLATION``, else ``"auto"``.
     max_output_chars
         The most text the model reads from one run (head and tail kept).
     warm
@@ -110,7 +113,7 @@ class Sandbox:
         files: int = DEFAULT_FILES,
         share: Iterable[str | os.PathLike[str]] | Mapping[str | os.PathLike[str], str] = (),
         workdir: str | os.PathLike[str] | None = None,
-        isolation: str = "auto",
+        isolation: str | None = None,
         max_output_chars: int = 20_000,
         warm: bool = True,
         spare: bool = True,
@@ -128,7 +131,9 @@ class Sandbox:
         names = [p.name for p in self.shares]
         if len(set(names)) != len(names):
             raise ValueError(f"share: two folders have the same name, and would meet at {SHARE_DIR}/<name>: {names}")
-        self.isolation = choose_tier(isolation)  # before anything is made: a refusal leaves nothing behind
+        self.chosen_by = "argument" if isolation is not None else ENV_ISOLATION if os.environ.get(ENV_ISOLATION) \
+            else "default"
+        self.isolation = choose_tier(isolation or os.environ.get(ENV_ISOLATION) or "auto")  # before anything is made: a refusal leaves nothing behind
         self.closed = False
         self.restarts = 0
         self._lock = threading.Lock()  # one run at a time

@@ -46,6 +46,9 @@ def bwrap_works() -> tuple[bool, str]:
     return True, ""
 
 
+ENV_ISOLATION = "GPTOSS_LAB_ISOLATION"  # the isolation a Sandbox() takes when given none (binder/start sets it)
+
+
 def choose_tier(isolation: str) -> str:
     if isolation == "process":
         return "process"
@@ -54,8 +57,8 @@ def choose_tier(isolation: str) -> str:
     ok, why = bwrap_works()
     if not ok:
         raise SandboxUnavailableError(
-            f"cannot sandbox model-written code: {why}; or pass isolation='process' to run it with "
-            "resource limits only, NOT isolated from your files and network"
+            f"cannot sandbox model-written code: {why}; or pass isolation='process' (or set "
+            f"{ENV_ISOLATION}=process) to run it with resource limits only, NOT isolated from your files and network"
         )
     return "bwrap+uid" if os.getuid() == 0 else "bwrap+userns"
 

@@ -29,7 +29,8 @@ def describe(sb: Any, groups: dict[str, str]) -> SandboxReport:
     tier = sb.isolation
     layers: dict[str, str] = {}
     if tier == "process":
-        layers["files"] = "NOT isolated: the code sees your files and network (process tier)"
+        why = f" chosen by {sb.chosen_by}=process" if sb.chosen_by not in ("argument", "default") else ""
+        layers["files"] = f"NOT isolated: the code sees your files and network (process tier{why})"
     else:
         layers["namespaces"] = "network (none, loopback included), PID, IPC, UTS; a mount namespace " \
                                "with system folders, the Python installation, /mnt/data and the shares only"
