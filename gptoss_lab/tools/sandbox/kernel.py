@@ -78,7 +78,7 @@ class Kernel:
                     else "/tmp/gptoss-kernel.json")
         if plan.tier == "process":
             spec["parent_pid"] = os.getpid()
-        launcher = [sys.executable, "-I", "-c", LAUNCHER]
+        launcher = [os.path.abspath(sys.executable), "-I", "-c", LAUNCHER]  # a relative path breaks in bwrap's cwd
         pass_fds: tuple[int, ...] = ()
         if plan.tier == "process":
             argv, cwd, env = launcher, str(plan.work.data_host), sandbox_env(plan.tier, str(plan.work.data_host))

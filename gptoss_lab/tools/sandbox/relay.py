@@ -31,7 +31,7 @@ class Relay:
 
     def __init__(self, conn: dict[str, Any]):
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "MALLOC_ARENA_MAX": "1", "LANG": "C.UTF-8"}
-        self.proc = spawn([sys.executable, "-I", "-c", RELAY], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        self.proc = spawn([os.path.abspath(sys.executable), "-I", "-c", RELAY], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                           stderr=subprocess.DEVNULL, env=env, die_with_parent=True, start_new_session=True)
         self._buf = b""
         self._skipping = False  # inside a line too long to keep: dropped up to its end
