@@ -131,9 +131,9 @@ class Sandbox:
         names = [p.name for p in self.shares]
         if len(set(names)) != len(names):
             raise ValueError(f"share: two folders have the same name, and would meet at {SHARE_DIR}/<name>: {names}")
-        self.chosen_by = "argument" if isolation is not None else ENV_ISOLATION if os.environ.get(ENV_ISOLATION) \
-            else "default"
-        self.isolation = choose_tier(isolation or os.environ.get(ENV_ISOLATION) or "auto")  # before anything is made: a refusal leaves nothing behind
+        env = os.environ.get(ENV_ISOLATION)
+        self.chosen_by = "argument" if isolation is not None else ENV_ISOLATION if env else "default"
+        self.isolation = choose_tier(isolation or env or "auto")  # before anything is made: a refusal leaves nothing
         self.closed = False
         self.restarts = 0
         self._lock = threading.Lock()  # one run at a time
