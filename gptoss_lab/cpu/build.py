@@ -18,6 +18,9 @@ from typing import Any
 CSRC = Path(__file__).parent / "csrc"
 SOURCES = ("ops.cpp", "scalar.cpp", "avx2.cpp", "avx512.cpp")
 CFLAGS = ("-O3", "-fno-math-errno")
+# at::parallel_for is inline: without -fopenmp its OpenMP pragma compiles to nothing and every kernel runs
+# on one thread. Linked this way the extension shares the libgomp torch loaded (one pool, torch's threads).
+OPENMP = ("-fopenmp",) if sys.platform.startswith("linux") else ()
 
 
 class BuildUnavailable(RuntimeError):
@@ -31,7 +34,7 @@ def key() -> str:
     h = hashlib.sha256()
     for name in SOURCES + ("kernels.h",):
         h.update((CSRC / name).read_bytes())
-    h.update(" ".join(CFLAGS).encode())
+    h.update(" ".join(CFLAGS + OPENMP).encode())
     return f"torch{torch.__version__.replace('+', '_')}-py{sys.version_info[0]}{sys.version_info[1]}-{h.hexdigest()[:12]}"
 
 
@@ -66,7 +69,8 @@ def load_extension(verbose: bool = False) -> Any:
         return cpp_extension.load(
             name=f"gptoss_cpu_{key().rsplit('-', 1)[-1]}",
             sources=[str(CSRC / s) for s in SOURCES],
-            extra_cflags=list(CFLAGS),
+            extra_cflags=list(CFLAGS + OPENMP),
+            extra_ldflags=list(OPENMP),
             build_directory=str(out),
             verbose=verbose,
         )
