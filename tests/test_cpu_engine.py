@@ -160,6 +160,37 @@ def test_sliding_window_attention_skips_only_masked_keys(monkeypatch):
     assert torch.allclose(got, eager_attention_forward(Module(), q, k, v, mask, scaling=0.25)[0], atol=1e-6)
 
 
+@pytest.mark.parametrize("heads,kv,dim,window", [(64, 8, 64, None), (64, 8, 64, 128), (4, 2, 72, None), (8, 1, 16, 5)])
+def test_the_fused_decode_attention_equals_eager(heads, kv, dim, window):
+    """One decoded token through the C++ kernel, on a view of a longer key/value buffer (as a cache holds it)."""
+    from transformers.models.gpt_oss.modeling_gpt_oss import eager_attention_forward
+
+    class Module:
+        num_key_value_groups = heads // kv
+        training = False
+        sinks = torch.randn(heads) * 3
+        sliding_window = window
+
+    n = 300
+    buf = torch.randn(2, 2, kv, n + 20, dim)  # keys and values, 20 spare slots past the context
+    k, v = buf[0, :, :, :n], buf[1, :, :, :n]
+    q = torch.randn(2, heads, 1, dim)
+    seen = torch.ones(2, n, dtype=torch.bool)
+    seen[1, :3] = False  # batch row 1 is left-padded by three tokens
+    if window:
+        seen[:, : n - window] = False
+    mask = torch.where(seen, 0.0, torch.finfo(torch.float32).min)[:, None, None, :]
+    mask[0, 0, 0, n - 2] = float("-inf")
+    want, want_w = eager_attention_forward(Module(), q, k, v, mask, scaling=dim**-0.5)
+    got, got_w = OPS.decode_attention(q, k, v, mask[:, 0, 0], Module.sinks, dim**-0.5, n - window if window else 0)
+    assert got.shape == want.shape and got_w.shape == want_w.shape
+    assert torch.allclose(got, want, atol=2e-5, rtol=1e-4) and torch.allclose(got_w, want_w, atol=2e-6, rtol=1e-4)
+    if window:
+        assert not got_w[..., : n - window].any()  # keys before the window take no part
+    via, via_w = attention.attention(Module(), q, k, v, mask, scaling=dim**-0.5)  # the module's decode route
+    assert torch.equal(via, got) and torch.equal(via_w, got_w)
+
+
 def logits(model, ids):
     with torch.inference_mode():
         return model.model(input_ids=torch.tensor([ids])).logits[0]

@@ -6,6 +6,7 @@
 //   mxfp4_dequantize(blocks, scales)         W as float32 (M, K)
 //   bf16_linear(x, w, bias)                  x (n, K) f32 @ W^T, W bf16 (M, K)
 //   moe_forward(x, idx, weights, ...)        gpt-oss's expert block for tokens x (T, H) routed to idx (T, k)
+//   decode_attention(q, k, v, mask, sinks, scaling, start)   one token's attention (attention.cpp)
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
@@ -15,6 +16,11 @@
 #include "kernels.h"
 
 namespace gptoss_cpu {
+
+std::tuple<at::Tensor, at::Tensor> decode_attention(const at::Tensor& query, const at::Tensor& key,
+                                                    const at::Tensor& value, const c10::optional<at::Tensor>& mask,
+                                                    const at::Tensor& sinks, double scaling, int64_t start);
+
 namespace {
 
 Kernels pick_best() {
@@ -294,4 +300,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("moe_forward", &moe_forward, "gpt-oss's expert block with packed MXFP4 experts", py::arg("x"), py::arg("idx"),
         py::arg("weights"), py::arg("gu_blocks"), py::arg("gu_scales"), py::arg("gu_bias"), py::arg("dn_blocks"),
         py::arg("dn_scales"), py::arg("dn_bias"), py::arg("alpha"), py::arg("limit"), py::arg("small_n") = 32);
+  m.def("decode_attention", &decode_attention, "one query token's attention with sinks: (out (B,1,H,D), weights (B,H,1,k))",
+        py::arg("query"), py::arg("key"), py::arg("value"), py::arg("mask"), py::arg("sinks"), py::arg("scaling"),
+        py::arg("start") = 0);
 }
