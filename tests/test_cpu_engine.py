@@ -262,3 +262,16 @@ def test_no_compiler_is_one_clear_line(tmp_path):
     assert out.returncode == 0, out.stderr
     none, why = out.stdout.strip().splitlines()
     assert none == "True" and "no C++ compiler found" in why and "g++" in why
+
+
+def test_a_long_prompt_prefilled_in_pieces_gives_the_same_next_token(monkeypatch):
+    from gptoss_lab.backends import transformers_backend
+
+    m = load("nano")
+    prompt = PROMPT * 3
+    whole = m.prefill(prompt).clone()
+    m.reset()
+    monkeypatch.setattr(transformers_backend, "CPU_PREFILL_CHUNK", 7)  # 48 tokens in 7 passes
+    pieces = m.prefill(prompt)
+    assert m.last_prefill == {"cached": 0, "prefilled": len(prompt)} and m._cache.get_seq_length() == len(prompt)
+    assert_same_logits(pieces, whole, 1e-5) and int(pieces.argmax()) == int(whole.argmax())
