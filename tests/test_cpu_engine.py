@@ -221,18 +221,42 @@ def test_engine_equals_transformers_float32(name):
     assert a == [s.token for s in theirs.stream(long_prompt, max_tokens=8, temperature=0)]
 
 
+def mapped_resident_bytes(folder) -> int:
+    """Resident bytes of this process's memory maps of files under ``folder`` (Linux's smaps)."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        head = line.split()
+        if "-" in head[0] and len(head) >= 5 and not line.startswith(("Rss:", "Pss")):  # a mapping's first line
+            inside = len(head) >= 6 and head[5].startswith(str(folder))
+        elif inside and head[0] == "Rss:":
+            total += int(head[1]) * 1024
+    return total
+
+
 def test_a_real_width_checkpoint_from_an_independent_generator(tmp_path):
-    # hidden 2880 as in gpt-oss, experts drawn as raw bytes (not through our quantizer), a small vocabulary
+    # hidden 2880 as in gpt-oss, experts drawn as raw bytes (not through our quantizer), a smaller vocabulary
     cfg = tiny_config(layers=2, hidden=2880, intermediate=2880, experts=4, top_k=4, heads=64, kv_heads=8,
-                      head_dim=64, vocab_size=4096)
-    cfg.pad_token_id, cfg.bos_token_id, cfg.eos_token_id = 0, 1, 2  # inside the small vocabulary
+                      head_dim=64, vocab_size=32768)
+    cfg.pad_token_id, cfg.bos_token_id, cfg.eos_token_id = 0, 1, 2
     folder = write_random_checkpoint(tmp_path / "wide", cfg, seed=7)
     ours = load(str(folder))
     assert ours.report.moe_path.startswith("mxfp4-cpu (")
     theirs = load(str(folder), moe="dequantized")
-    ids = [int(i) for i in torch.randint(0, 4096, (40,), generator=torch.Generator().manual_seed(1))]
+    ids = [int(i) for i in torch.randint(0, 32768, (40,), generator=torch.Generator().manual_seed(1))]
     assert_same_logits(logits(ours, ids), logits(theirs, ids), 1e-3)
     assert_same_logits(logits(ours, ids[:1]), logits(theirs, ids[:1]), 1e-3)
+    # The embedding (189 MB here) stays in the file, read a row at a time: next to nothing of it is resident.
+    embedding = ours.model.model.embed_tokens
+    assert embedding.mapped and any("stays in the checkpoint's file" in n for n in ours.report.notes)
+    list(ours.stream(ids, max_tokens=4, temperature=0))
+    if os.path.exists("/proc/self/smaps"):
+        assert mapped_resident_bytes(folder) < 2**20
+    # A change to the weight in place is seen by the lookup, as with any nn.Embedding.
+    before = logits(ours, ids[:3])
+    with torch.no_grad():
+        embedding.weight[ids[2]] *= -1
+    assert not torch.allclose(logits(ours, ids[:3])[-1], before[-1])
+    assert torch.equal(logits(ours, ids[:2]), before[:2])
 
 
 def test_the_fallback_is_named_and_correct(tmp_path):

@@ -26,6 +26,7 @@ def doctor(device: str = "auto") -> dict[str, Any]:
             "weights_bytes_bf16": size.weights_bytes_bf16,
             "weights_bytes_fp32": size.weights_bytes_fp32,
             "weights_bytes_cpu_engine": size.weights_bytes_cpu,
+            "mapped_bytes_cpu_engine": size.mapped_bytes_cpu,  # of those, read from the file per row (the embedding)
             "needed_bytes": need,  # what this machine's path needs in all: weights, KV cache, runtime
             "fits": fits,
             "would_use": text,

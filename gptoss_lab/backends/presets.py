@@ -72,6 +72,7 @@ class Size:
     weights_bytes_bf16: int  # everything bf16: what a dequantized load holds
     weights_bytes_fp32: int  # everything float32: transformers' CPU inference
     weights_bytes_cpu: int = 0  # the CPU engine: experts packed, dense weights bf16, norms/router/biases/sinks float32
+    mapped_bytes_cpu: int = 0  # of which the CPU engine maps from the file (the untied embedding): resident per row read
     kv_values_per_token: int = 0  # keys and values the cache holds per token, all layers
 
     def bytes_for(self, moe_path: str) -> int:
@@ -106,5 +107,6 @@ def size_of(config: Any) -> Size:
         weights_bytes_bf16=total * 2,
         weights_bytes_fp32=total * 4,
         weights_bytes_cpu=packed_bytes(expert_weights) + dense * 2 + small * 4,
+        mapped_bytes_cpu=0 if s.tie_word_embeddings else s.vocab_size * h * 2,
         kv_values_per_token=s.num_hidden_layers * 2 * kv,
     )

@@ -115,7 +115,7 @@ def load(
     as_planned = moe_path == plan.moe_path or (plan.moe_path == "mxfp4-cpu" and "fallback" not in moe_path)
     if not as_planned:
         notes.append(f"fell back from {plan.moe_path} to {moe_path}")
-    notes += [f"transformers said: {m}" for m in said]
+    notes += said
     if chosen:
         notes.insert(0, f"{model} was chosen because {chosen}")
     if source.marker and source.marker.get("random_weights"):
@@ -147,10 +147,14 @@ def _cpu_engine(source: Source, attn: str | None) -> tuple[Any, str, list[str]]:
     from ..cpu import build, loader
 
     ops = build.ops()
-    said = [] if ops is not None else [f"the CPU kernels are not available ({build.why_not()}): the pure-torch fallback runs"]
+    notes = [] if ops is not None else [f"the CPU kernels are not available ({build.why_not()}): the pure-torch fallback runs"]
     assert source.path is not None  # downloaded before this is called
     model = loader.load_model(source.path, ops, attn_implementation=attn or "eager")
-    return model, str(model.config._attn_implementation), said
+    embedding = model.model.embed_tokens
+    if embedding.mapped:
+        notes.append(f"the token embedding ({embedding.weight.numel() * embedding.weight.element_size() / 1e9:.2f} GB) "
+                     "stays in the checkpoint's file, read a row per token: leave the files in place while it is loaded")
+    return model, str(model.config._attn_implementation), notes
 
 
 def nano_note(marker: dict[str, Any]) -> str:
@@ -198,8 +202,8 @@ def _from_pretrained(
     finally:
         tf_logger.removeHandler(handler)
     model, info = loaded
-    said = [_plain(m) for m in handler.messages if "LOAD REPORT" not in m]
-    said += [str(w.message) for w in caught if "gpt" in str(w.message).lower() or "mxfp4" in str(w.message).lower()]
+    said = [f"transformers said: {_plain(m)}" for m in handler.messages if "LOAD REPORT" not in m]
+    said += [f"transformers said: {w.message}" for w in caught if "gpt" in str(w.message).lower() or "mxfp4" in str(w.message).lower()]
     missing = sorted(info.get("missing_keys") or [])
     if missing:
         # e.g. transformers 5.22.2 saving a dequantized model under *_blocks names: the reload is random.

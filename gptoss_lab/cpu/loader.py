@@ -4,7 +4,9 @@ The skeleton is transformers' own ``GptOssForCausalLM``, built on the meta devic
 tensor is then read once from the safetensors shards into its final buffer and the modules that hold the
 big weights are swapped for ``modules.py``'s. We read the shards with plain file reads rather than
 safetensors' memory map: mapped pages that have been read count as resident until the map closes, and
-a 4-GB shard mapped beside its copy would push a 20b load past the 14 GiB it otherwise fits in.
+a 4-GB shard mapped beside its copy would push a 20b load past the 14 GiB it otherwise fits in. The one
+exception is the token embedding, which is only looked up, a row per token: its 1.16 GB stay in the file,
+mapped (copy-on-write) for whoever inspects it and read a row at a time by the lookup (``DenseEmbedding``).
 
 Big tensors get memory of their own from an anonymous map marked for transparent huge pages where the
 kernel offers them (Linux, ``madvise`` mode included): a decoded token streams 3.7 GB of weights spread
@@ -69,12 +71,26 @@ def shard_header(path: Path) -> tuple[dict[str, Any], int]:
     return header, 8 + n
 
 
-def read_shard(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
-    """Each tensor of one shard, in file order, read into memory of its own."""
+def mapped(f: Any, offset: int, nbytes: int) -> torch.Tensor | None:
+    """``nbytes`` of the open file ``f`` from ``offset``, memory-mapped copy-on-write (``None`` if it can't be)."""
+    start = offset - offset % mmap.ALLOCATIONGRANULARITY
+    try:
+        region = mmap.mmap(f.fileno(), offset + nbytes - start, access=mmap.ACCESS_COPY, offset=start)
+    except (OSError, ValueError):  # a file system without mmap: read it like the rest
+        return None
+    return torch.frombuffer(region, dtype=torch.uint8, count=nbytes, offset=offset - start)
+
+
+def read_shard(path: Path, lookups: frozenset[str] = frozenset()) -> Iterator[tuple[str, torch.Tensor, int | None]]:
+    """Each tensor of one shard, in file order, read into memory of its own; ``lookups`` are mapped instead
+    where the file system allows (the third item is then the tensor's offset in the file)."""
     header, base = shard_header(path)
     with open(path, "rb", buffering=0) as f:
         for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
             start, end = info["data_offsets"]
+            if name in lookups and (region := mapped(f, base + start, end - start)) is not None:
+                yield name, region.view(DTYPES[info["dtype"]]).reshape(info["shape"]), base + start
+                continue
             buf = weight_memory(end - start)
             f.seek(base + start)
             view = memoryview(buf.numpy())  # type: ignore[arg-type]  # numpy arrays are buffers
@@ -84,7 +100,7 @@ def read_shard(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
                 if not n:
                     raise WeightsNotFoundError(f"{path.name} is truncated at {name}", model=str(path.parent))
                 got += n
-            yield name, buf.view(DTYPES[info["dtype"]]).reshape(info["shape"])
+            yield name, buf.view(DTYPES[info["dtype"]]).reshape(info["shape"]), None
 
 
 def _set_param(model: nn.Module, name: str, value: torch.Tensor) -> None:
@@ -136,13 +152,15 @@ def load_model(folder: str | Path, ops: Any, *, attn_implementation: str = "eage
     experts: dict[int, dict[str, torch.Tensor]] = {}
     linears: dict[str, dict[str, torch.Tensor]] = {}
     layers = model.model.layers
+    # Mapped, not read (see above), unless tied to the unembedding, which reads it whole every token.
+    lookups = frozenset() if config.tie_word_embeddings else frozenset({"model.embed_tokens.weight"})
     # In a notebook on stdout (the cell shows stderr as a warning, in pink, and this is none); elsewhere on
     # stderr, so that a CLI's stdout holds only its JSON.
     bar = tqdm(total=total, unit="B", unit_scale=True, desc="Loading MXFP4 weights (kept packed)", disable=not progress,
                file=sys.stdout if _in_kernel() else sys.stderr)
     try:
         for path in files:
-            for name, t in read_shard(path):
+            for name, t, offset in read_shard(path, lookups):
                 bar.update(t.numel() * t.element_size())
                 if m := EXPERT.match(name):
                     i = int(m.group(1))
@@ -158,7 +176,8 @@ def load_model(folder: str | Path, ops: Any, *, attn_implementation: str = "eage
                         owner, _, leaf = m.group(1).rpartition(".")
                         setattr(model.get_submodule(owner), leaf, DenseLinear(p["weight"], p["bias"], ops))
                 elif name == "model.embed_tokens.weight":
-                    model.model.embed_tokens = DenseEmbedding(t, config.pad_token_id)
+                    where = None if offset is None else (path, offset)
+                    model.model.embed_tokens = DenseEmbedding(t, config.pad_token_id, file=where)
                     if config.tie_word_embeddings:
                         model.lm_head = DenseLinear(t, None, ops)
                 elif name == "lm_head.weight":
