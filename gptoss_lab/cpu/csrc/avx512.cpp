@@ -49,6 +49,7 @@ TARGET void mxfp4_row<1>(const float* x, int64_t K, const uint8_t* b, const uint
   };
   int64_t g = 0;
   for (; g + 2 <= G; g += 2) {
+    if ((g & 3) == 0) _mm_prefetch(reinterpret_cast<const char*>(b + g * 16 + kPrefetchAhead), _MM_HINT_T0);
     acc0 = _mm512_add_ps(acc0, group(g));
     acc1 = _mm512_add_ps(acc1, group(g + 1));
   }
