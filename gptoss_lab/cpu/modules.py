@@ -125,12 +125,13 @@ class DenseEmbedding(nn.Module):
 
     def __init__(self, weight: torch.Tensor, padding_idx: int | None = None, *, file: tuple[Any, int] | None = None):
         super().__init__()
-        self.file = None if file is None or weight.dtype not in (torch.bfloat16, torch.float32) else open(file[0], "rb", buffering=0)
+        as_stored = weight.dtype in (torch.bfloat16, torch.float32)  # else converted: the file's bytes no longer match
+        self.file = open(file[0], "rb", buffering=0) if file is not None and as_stored else None
         self.offset = 0 if file is None else file[1]
-        self.register_buffer("weight", weight if weight.dtype in (torch.bfloat16, torch.float32) else weight.float())
+        self.register_buffer("weight", weight if as_stored else weight.float())
         self.num_embeddings, self.embedding_dim = weight.shape
         self.padding_idx = padding_idx
-        self._version = self.weight._version
+        self._loaded_version = self.weight._version
 
     @property
     def mapped(self) -> bool:
@@ -141,7 +142,7 @@ class DenseEmbedding(nn.Module):
         return f"{self.num_embeddings}, {self.embedding_dim}, {str(self.weight.dtype).replace('torch.', '')}{where}"
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        if self.file is None or self.weight._version != self._version:
+        if self.file is None or self.weight._version != self._loaded_version:
             return F.embedding(ids, self.weight).float()
         wanted, where = torch.unique(ids, return_inverse=True)
         rows = torch.empty(len(wanted), self.embedding_dim, dtype=self.weight.dtype)
