@@ -226,6 +226,28 @@ def test_prefix_cache_logits_match_a_fresh_pass_past_the_sliding_window(m):
     assert m.last_prefill == {"cached": 250, "prefilled": 50}
 
 
+def test_stop_during_a_long_prompt_keeps_the_chunks_fed_whole(m, monkeypatch):
+    # A prompt fed 64 tokens at a time (a CPU feeds 1024: minutes for 20b on a laptop) and a Stop that
+    # comes in the third chunk's second decoder layer: the stream ends there, with nothing generated.
+    from gptoss_lab.backends import transformers_backend
+
+    monkeypatch.setattr(transformers_backend, "CPU_PREFILL_CHUNK", 64)
+    layers = len(m.model.model.layers)
+    ids = torch.randint(0, 199998, (300,), generator=torch.Generator().manual_seed(3)).tolist()
+    checks = []
+    m.reset()
+    assert list(m.stream(ids, max_tokens=5, temperature=0, cancel=lambda: checks.append(1) or len(checks) > 2 + 2 * layers)) == []
+    assert len(checks) == 3 + 2 * layers  # once before the prompt, then once a layer until the Stop
+    # The two chunks fed whole stay cached; the stopped one left no trace in any layer of the cache.
+    resumed = list(m.stream(ids, max_tokens=5, temperature=0, logprobs=2))
+    assert m.last_prefill == {"cached": 128, "prefilled": 172}
+    m.reset()
+    fresh = list(m.stream(ids, max_tokens=5, temperature=0, logprobs=2))
+    assert [s.token for s in resumed] == [s.token for s in fresh]
+    for a, b in zip(resumed, fresh):
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-4)
+
+
 def test_bad_arguments(m):
     with pytest.raises(ValueError, match="at least one prompt token"):
         list(m.stream([]))

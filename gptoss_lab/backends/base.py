@@ -147,7 +147,9 @@ class Backend(Protocol):
     ``stream(prompt_ids, ...)``
         Yields the generated :class:`TokenStep` values after ``prompt_ids``. It stops after
         ``<|return|>`` or ``<|call|>`` (the stop token is the last step), after ``max_tokens`` steps,
-        or within one token once ``cancel`` (an Event or a callable) says stop. ``temperature=0`` is
+        or within one token once ``cancel`` (an Event or a callable) says stop (a local model also
+        stops within one decoder layer while it prefills a prompt, keeping what it fed whole in its
+        prefix cache; a remote engine sees it when its server sends the next token). ``temperature=0`` is
         greedy; with a ``seed`` the same prompt gives the same steps. ``logprobs=K`` (K > 0) adds the
         chosen token's logprob and the top-K alternatives, ``routing`` the experts per layer, ``sinks``
         the attention sinks' share, each only where ``capabilities`` says the backend has it.

@@ -30,6 +30,10 @@ CPU_ATTENTION = "gptoss_lab_cpu"  # gptoss_lab.cpu.attention.NAME: eager's math,
 CPU_PREFILL_CHUNK = 1024
 
 
+class _Stopped(Exception):
+    """Raised by a decoder layer's hook when ``cancel`` is set during a prefill; never leaves the backend."""
+
+
 class _LibraryMessages(logging.Handler):
     """Collects what transformers says while it loads: its own words go into the report."""
 
@@ -297,28 +301,60 @@ class TransformersBackend:
 
     # -- the forward passes -------------------------------------------------------------------------
 
-    def _forward(self, ids: Sequence[int]) -> Any:
+    def _forward(self, ids: Sequence[int], cancel: Cancel = None) -> Any:
+        """Feed ``ids`` (on a CPU, ``CPU_PREFILL_CHUNK`` at a time) and return the last position's logits.
+
+        With ``cancel``, a prompt of several tokens is checked before each decoder layer: once it is set
+        the pass stops there, the cache is cut back to the chunks that were fed whole (they stay cached,
+        so the next stream of this prompt prefills only the rest) and ``None`` is returned.
+        """
         import torch
 
         ids = list(ids)
         step = CPU_PREFILL_CHUNK if self.model.device.type == "cpu" else max(1, len(ids))
+        hooks = self._cancel_hooks(cancel) if cancel is not None and len(ids) > 1 else []
+        out = None
         try:
             with torch.inference_mode():
                 for i in range(0, len(ids), step):
-                    out = self.model(
-                        input_ids=torch.tensor([ids[i : i + step]], device=self.model.device),
-                        past_key_values=self._cache,
-                        use_cache=True,
-                        logits_to_keep=1,  # never materialise (T, 201088) logits for a long prompt
-                    )
+                    fed = len(self._cache_ids)
+                    try:
+                        out = self.model(
+                            input_ids=torch.tensor([ids[i : i + step]], device=self.model.device),
+                            past_key_values=self._cache,
+                            use_cache=True,
+                            logits_to_keep=1,  # never materialise (T, 201088) logits for a long prompt
+                        )
+                    except _Stopped:
+                        self._cut_cache(fed)
+                        return None
+                    self._cache_ids.extend(ids[i : i + step])
         except BaseException:
             self._drop_cache()  # a half-updated cache would silently give wrong output next time
             raise
-        self._cache_ids.extend(ids)
+        finally:
+            for h in hooks:
+                h.remove()
+        assert out is not None
         return out.logits[0, -1]
 
-    def prefill(self, prompt_ids: Sequence[int]) -> Any:
-        """Bring the cache up to ``prompt_ids`` and return the logits for the next token."""
+    def _cancel_hooks(self, cancel: Cancel) -> list[Any]:
+        def check(module: Any, args: tuple) -> None:
+            if cancelled(cancel):
+                raise _Stopped
+
+        return [layer.register_forward_pre_hook(check) for layer in self.model.model.layers]
+
+    def _cut_cache(self, length: int) -> None:
+        """Every cache layer back to ``length`` tokens (a stopped pass fed some layers and not others)."""
+        for layer in getattr(self._cache, "layers", []):
+            extra = layer.get_seq_length() - length
+            if extra > 0:
+                layer.crop(-extra)
+
+    def prefill(self, prompt_ids: Sequence[int], cancel: Cancel = None) -> Any:
+        """Bring the cache up to ``prompt_ids`` and return the logits for the next token (``None`` if
+        ``cancel`` stopped it: the cache then holds the prompt's first chunks, see ``_forward``)."""
         from .kvcache import GrowingCache
 
         prompt = list(prompt_ids)
@@ -329,7 +365,7 @@ class TransformersBackend:
             self._cache.crop(keep - len(self._cache_ids))  # a negative count removes tokens
             del self._cache_ids[keep:]
         self.last_prefill = {"cached": keep, "prefilled": len(prompt) - keep}
-        return self._forward(prompt[keep:])
+        return self._forward(prompt[keep:], cancel)
 
     # -- sampling -----------------------------------------------------------------------------------
 
@@ -407,7 +443,8 @@ class TransformersBackend:
         """Generate token steps after ``prompt_ids`` as they come.
 
         Stops after ``<|return|>`` or ``<|call|>`` (the stop token is the last step), after
-        ``max_tokens``, or within one token once ``cancel`` (an Event or a callable) is set.
+        ``max_tokens``, or within one token once ``cancel`` (an Event or a callable) is set (within
+        one decoder layer while a prompt is prefilled: on a CPU a long prompt takes minutes).
         ``temperature=0`` is greedy. ``logprobs=K`` adds the chosen token's logprob and the top-K
         alternatives; ``routing=True`` adds each token's experts per layer, and ``sinks=True`` the
         share of attention each layer's heads gave their sink (eager attention only; no hooks otherwise).
@@ -432,7 +469,9 @@ class TransformersBackend:
             gen = None
             if seed is not None:
                 gen = torch.Generator(device=self.model.device).manual_seed(seed)
-            logits = self.prefill(prompt_ids)
+            logits = self.prefill(prompt_ids, cancel)
+            if logits is None:  # stopped during the prompt
+                return
             for i in range(max_tokens):
                 token, lp, alts = self._pick(logits, temperature, top_p, gen, logprobs)
                 if token in self.stop_tokens or i == max_tokens - 1:
