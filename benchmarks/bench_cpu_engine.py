@@ -2,8 +2,9 @@
 
 Printed, side by side in one run: load time and peak resident memory; prefill tokens/s for a 2k-token
 prompt; decode tokens/s at 1k and 4k tokens of context; the memory read bandwidth measured here and the
-decode bound it sets (bytes read per token / bandwidth), with our decode speed as a share of it; and the
-pure-torch fallback's decode speed on the same loaded weights. The model runs in a child process so
+decode bound it sets (bytes read per token / bandwidth), with our decode speed as a share of it; the
+decode speed of the same kernels on float32 activations (``set_fixed_point(False)``) and of the
+pure-torch fallback, on the same loaded weights. The model runs in a child process so
 that its peak resident memory is its own. Random weights: speed and memory are real, the text is noise.
 
 Then llama.cpp (gptoss_lab/serving/llamacpp.py: built from PyPI's llama-cpp-python sdist, the same weights
@@ -98,6 +99,14 @@ def child(folder: str, quick: bool) -> dict:
         measured("4k", 4096)
         measured("1k", 1024)  # the cache cut back to 1023 tokens
     out["peak_rss"] = peak()
+    # The same kernels on float activations (the e2m1 lookup in float32), right after: what fixed point buys.
+    from gptoss_lab.cpu import build
+
+    ops = build.ops()
+    if ops is not None:
+        ops.set_fixed_point(False)
+        out["decode_tok_s_1k_float_lookup"] = round(decode(1024), 2)
+        ops.set_fixed_point(True)
     # The pure-torch fallback on the same weights: what a machine without a compiler gets.
     for mod in m.model.modules():
         if hasattr(mod, "ops"):
@@ -145,6 +154,9 @@ def main() -> int:
         r[f"decode_bound_tok_s_{key}"] = bound = bw / per_token
         print(f"decode at {key} context: {speed} tok/s; read bandwidth {bw / 1e9:.1f} GB/s -> bound {bound:.2f} tok/s; "
               f"{speed / bound:.0%} of the bound")
+    if "decode_tok_s_1k_float_lookup" in r:
+        print(f"the MXFP4 kernels on float32 activations (the lookup they replace), decode at 1k: "
+              f"{r['decode_tok_s_1k_float_lookup']} tok/s (fixed point {r['decode_tok_s_1k'] / r['decode_tok_s_1k_float_lookup']:.2f}x)")
     print(f"pure-torch fallback, decode at 1k: {r['fallback_decode_tok_s_1k']} tok/s "
           f"(kernels {r['decode_tok_s_1k'] / r['fallback_decode_tok_s_1k']:.1f}x faster)")
     if not args.no_llamacpp:

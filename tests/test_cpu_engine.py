@@ -56,17 +56,57 @@ def test_dequantize_gives_the_spec_value_of_every_code_and_scale(isa):
     assert torch.equal(out, mxfp4.dequantize(blocks, scales))
 
 
+@pytest.fixture(params=[True, False], ids=["fixed-point", "float-lookup"])
+def activations(request):
+    OPS.set_fixed_point(request.param)
+    yield request.param
+    OPS.set_fixed_point(True)
+
+
+# rows and columns: odd counts of rows (the kernels take 4 or 2 at a time) and of 32-column groups (4 to a step)
 @pytest.mark.parametrize("rows,cols,n", [(1, 32, 1), (5, 64, 2), (37, 96, 3), (130, 2880, 5), (7, 32, 9), (33, 160, 4)])
-def test_packed_linear_matches_the_spec_decoder(isa, rows, cols, n):
+def test_packed_linear_matches_the_spec_decoder(isa, activations, rows, cols, n):
     blocks, scales = packed(rows, cols, seed=rows * cols + n)
     scales[0, 0] = 0  # an extreme scale among the ordinary ones
     weight = torch.tensor([spec_decode(blocks[r], scales[r]) for r in range(rows)], dtype=torch.float64)
-    x = torch.randn(n, cols, generator=torch.Generator().manual_seed(n))
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(n, cols, generator=g)
+    x[:, ::7] *= 1000  # outliers: a group's fixed-point step is set by its largest value
     bias = torch.randn(rows)
     want = x.double() @ weight.T + bias.double()
     got = OPS.mxfp4_linear(x, blocks, scales, bias)
     assert got.shape == (n, rows)
     assert float((got - want).abs().max()) <= 1e-5 * float(want.abs().max()), isa
+
+
+def test_fixed_point_agrees_with_float32_lookup_to_float32_rounding(isa):
+    blocks, scales = packed(64, 2880, seed=5)
+    x = torch.randn(3, 2880, generator=torch.Generator().manual_seed(5))
+    fixed = OPS.mxfp4_linear(x, blocks, scales)
+    OPS.set_fixed_point(False)
+    try:
+        lookup = OPS.mxfp4_linear(x, blocks, scales)
+    finally:
+        OPS.set_fixed_point(True)
+    assert OPS.fixed_point()
+    assert float((fixed - lookup).abs().max()) <= 1e-6 * float(lookup.abs().max())
+
+
+def test_activations_fixed_point_cannot_hold_take_the_float_kernels(isa):
+    # inf and NaN (which must come out as float arithmetic gives them) and a token of values so small that
+    # their fixed-point steps would be subnormal: these tokens go through the float-lookup kernels.
+    blocks, scales = packed(9, 96, seed=9)
+    weight = torch.tensor([spec_decode(blocks[r], scales[r]) for r in range(9)], dtype=torch.float64)
+    x = torch.randn(3, 96, generator=torch.Generator().manual_seed(9))
+    x[1] *= 1e-33
+    want = x.double() @ weight.T
+    got = OPS.mxfp4_linear(x, blocks, scales)
+    assert torch.allclose(got.double(), want, rtol=1e-5, atol=0)
+    x[2, 40] = float("inf")
+    x[0, 3] = float("nan")
+    got = OPS.mxfp4_linear(x, blocks, scales)
+    assert torch.isnan(got[0]).all() and torch.isinf(got[2]).sum() + torch.isnan(got[2]).sum() == 9
+    assert torch.allclose(got[1].double(), want[1], rtol=1e-5, atol=0)
 
 
 @pytest.mark.parametrize("n", [1, 3, 40])  # 40 > SMALL_N: the tiled GEMM path

@@ -2,11 +2,15 @@
 
 On a CPU, transformers dequantizes gpt-oss's MXFP4 experts (gpt-oss-20b: ~42 GB in bf16, ~84 GB in
 float32). This engine keeps them as the checkpoint stores them (4.25 bits a weight) and keeps the
-dense weights in bf16, so 20b fits in about 13 GiB; the arithmetic is float32 throughout.
+dense weights in bf16, so 20b fits in about 13 GiB. The arithmetic is float32's: the dense layers
+multiply in float32, and the expert kernels take each group of 32 activations as 24-bit fixed point
+(a float32 mantissa's precision, scaled to the group's largest value), so that the 4-bit codes multiply
+them exactly in integer dot-product instructions, half the vector work of a float lookup per weight;
+the results agree with float32 arithmetic to its rounding (``set_fixed_point(False)`` runs the lookup).
 
 We wrote the kernels (``csrc/``) because no maintained library has them: transformers' own CPU MXFP4
 route needs triton, the hub's megablocks build and AVX-512-BF16; torchao's int4 is affine (lossy for
-e2m1); llama.cpp's dot products quantize the activations to 8 bits and live outside the model. The
+e2m1); llama.cpp's dot products round the activations to 8 bits and live outside the model. The
 engine plugs into transformers' ``GptOssForCausalLM`` by swapping modules (``modules.py``), so the
 model's hooks, caches and attention are transformers' own.
 """

@@ -1,6 +1,9 @@
 // AVX2 + FMA: 8 floats a vector. A group's 16 bytes widen in two halves of 8; vpermps looks up the
 // magnitude from an index's low 3 bits and the sign bit (bit 3, or bit 7 for the high nibble) is
 // shifted to bit 31 and xor-ed in.
+// The fixed-point kernel (mxfp4_fixed) takes two groups (32 bytes) a step: pshufb gives the doubled
+// codes of each nibble, vpmaddubsw and vpmaddwd multiply them by the activations' three byte planes
+// into 8 lane sums, and one conversion, multiply and FMA scale them.
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 
@@ -97,6 +100,63 @@ TARGET void mxfp4_row<1>(const float* x, int64_t K, const uint8_t* b, const uint
   *out = hsum(_mm256_add_ps(acc0, acc1));
 }
 
+TARGET inline __m256i dot_pairs(__m256i acc, __m256i wl, const uint8_t* even, __m256i wh, const uint8_t* odd) {
+  const __m256i e = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(even));
+  const __m256i o = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(odd));
+  // |(code + 12) * byte| <= 24 * 128, so the 16-bit pair sums (4 products) cannot saturate
+  const __m256i sums = _mm256_add_epi16(_mm256_maddubs_epi16(wl, e), _mm256_maddubs_epi16(wh, o));
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(sums, _mm256_set1_epi16(1)));
+}
+
+// R consecutive rows (row i's blocks at b + i * G * 16, its scales at s + i * G) against one fixed-point token.
+template <int R>
+TARGET void fixed_rows(const uint8_t* xq, int64_t K, const uint8_t* b, const uint8_t* s, float* out) {
+  const int64_t G = K / kBlock;
+  const float* scale = e8m0_table();
+  const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kE2M1Twice12)));
+  const __m256i low4 = _mm256_set1_epi8(0x0F);
+  __m256 acc[R];
+  for (int i = 0; i < R; ++i) acc[i] = _mm256_setzero_ps();
+  auto pair = [&](int64_t g, bool both) TARGET {  // groups g and g + 1 (g even: one half of a superblock)
+    const uint8_t* p = xq + (g / kSuper) * kSuperBytes + (g % kSuper) * 16;
+    const __m256i corr = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 384));  // lanes and steps: the same offsets
+    const __m256 step = _mm256_loadu_ps(reinterpret_cast<const float*>(p + 448));
+    for (int i = 0; i < R; ++i) {
+      const uint8_t* row = b + i * G * 16 + g * 16;
+      if ((g & 3) == 0) _mm_prefetch(reinterpret_cast<const char*>(row + R * G * 16), _MM_HINT_T1);
+      const __m256i v = both ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row))
+                             : _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row)));
+      const __m256i wl = _mm256_shuffle_epi8(table, _mm256_and_si256(v, low4));
+      const __m256i wh = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(v, 4), low4));
+      const __m256i a0 = dot_pairs(corr, wl, p, wh, p + 64);
+      const __m256i a1 = dot_pairs(_mm256_setzero_si256(), wl, p + 128, wh, p + 192);
+      const __m256i a2 = dot_pairs(_mm256_setzero_si256(), wl, p + 256, wh, p + 320);
+      const __m256i total = _mm256_add_epi32(_mm256_add_epi32(_mm256_slli_epi32(a2, 16), _mm256_slli_epi32(a1, 8)), a0);
+      const __m256 sc = _mm256_set_m128(_mm_set1_ps(both ? scale[s[i * G + g + 1]] : 0.0f), _mm_set1_ps(scale[s[i * G + g]]));
+      acc[i] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(total), step), sc, acc[i]);
+    }
+  };
+  int64_t g = 0;
+  for (; g + 2 <= G; g += 2) pair(g, true);
+  if (g < G) pair(g, false);
+  for (int i = 0; i < R; ++i) out[i] = hsum(acc[i]);
+}
+
+TARGET void mxfp4_fixed(const uint8_t* xq, int64_t n, int64_t K, const uint8_t* blocks, const uint8_t* scales,
+                        int64_t r0, int64_t r1, float* out, int64_t ldo) {
+  constexpr int R = 2;
+  const int64_t G = K / kBlock, stride = fixed_bytes(K);
+  float some[R];
+  for (int64_t t = 0; t < n; ++t) {
+    int64_t r = r0;
+    for (; r + R <= r1; r += R) {
+      fixed_rows<R>(xq + t * stride, K, blocks + r * G * 16, scales + r * G, some);
+      for (int i = 0; i < R; ++i) out[t * ldo + r + i] = some[i];
+    }
+    for (; r < r1; ++r) fixed_rows<1>(xq + t * stride, K, blocks + r * G * 16, scales + r * G, out + t * ldo + r);
+  }
+}
+
 TARGET void mxfp4_rows(const float* xs, int64_t n, int64_t K, const uint8_t* blocks, const uint8_t* scales,
                        int64_t r0, int64_t r1, float* out, int64_t ldo) {
   const int64_t G = K / kBlock;
@@ -165,7 +225,9 @@ TARGET void mxfp4_dequant(const uint8_t* blocks, const uint8_t* scales, int64_t 
 
 }  // namespace
 
-Kernels avx2_kernels() { return {"avx2", mxfp4_rows, bf16_rows, mxfp4_dequant}; }
+Kernels avx2_kernels() { return {"avx2", mxfp4_rows, bf16_rows, mxfp4_dequant, mxfp4_fixed}; }
+
+Mxfp4FixedFn avx2_fixed() { return mxfp4_fixed; }
 
 }  // namespace gptoss_cpu
 #endif

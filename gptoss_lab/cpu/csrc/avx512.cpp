@@ -1,12 +1,16 @@
 // AVX-512 (F + BW): 16 floats a vector. One group of 32 MXFP4 weights is one 16-byte load widened to
 // 16 lanes; vpermps looks up the low nibble (it reads only an index's low 4 bits) and, after a shift,
 // the high one, so a group costs two lookups, two scale multiplies and two FMAs per token.
+// With VNNI, the fixed-point kernel (mxfp4_fixed) takes 64 bytes (4 groups) a step: one pshufb per
+// nibble gives 64 doubled codes, six vpdpbusd multiply them by the activations' three byte planes, and
+// one conversion, multiply and FMA scale the 16 lane sums; four rows share each load of the activations.
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 
 #include "kernels.h"
 
 #define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma")))
+#define TARGET_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")))
 
 namespace gptoss_cpu {
 namespace {
@@ -55,6 +59,66 @@ TARGET void mxfp4_row<1>(const float* x, int64_t K, const uint8_t* b, const uint
   }
   if (g < G) acc0 = _mm512_add_ps(acc0, group(g));
   *out = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+
+// The 16 lanes' E8M0 scales for a superblock's 4 groups (4 lanes each); tiny = 2^-127, a subnormal.
+TARGET_VNNI inline __m512 lane_scales(uint32_t four) {
+  const __m512i spread = _mm512_set_epi8(
+      -1, -1, -1, 3, -1, -1, -1, 3, -1, -1, -1, 3, -1, -1, -1, 3, -1, -1, -1, 2, -1, -1, -1, 2, -1, -1, -1, 2, -1, -1, -1, 2,
+      -1, -1, -1, 1, -1, -1, -1, 1, -1, -1, -1, 1, -1, -1, -1, 1, -1, -1, -1, 0, -1, -1, -1, 0, -1, -1, -1, 0, -1, -1, -1, 0);
+  const __m512i e = _mm512_shuffle_epi8(_mm512_set1_epi32(static_cast<int>(four)), spread);
+  return _mm512_castsi512_ps(_mm512_max_epu32(_mm512_slli_epi32(e, 23), _mm512_set1_epi32(0x00400000)));
+}
+
+// R consecutive rows (row i's blocks at b + i * G * 16, its scales at s + i * G) against one fixed-point token.
+template <int R>
+TARGET_VNNI void fixed_rows(const uint8_t* xq, int64_t K, const uint8_t* b, const uint8_t* s, float* out) {
+  const int64_t G = K / kBlock, full = G / kSuper, rest = G % kSuper;
+  const __m512i table = _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kE2M1Twice12)));
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  __m512 acc[R];
+  for (int i = 0; i < R; ++i) acc[i] = _mm512_setzero_ps();
+  auto superblock = [&](int64_t q, int groups) TARGET_VNNI {
+    const __mmask64 valid = groups == kSuper ? ~0ull : (1ull << (groups * 16)) - 1;
+    const uint8_t* p = xq + q * kSuperBytes;
+    const __m512i e0 = _mm512_loadu_si512(p), o0 = _mm512_loadu_si512(p + 64);
+    const __m512i e1 = _mm512_loadu_si512(p + 128), o1 = _mm512_loadu_si512(p + 192);
+    const __m512i e2 = _mm512_loadu_si512(p + 256), o2 = _mm512_loadu_si512(p + 320);
+    const __m512i corr = _mm512_loadu_si512(p + 384);
+    const __m512 step = _mm512_loadu_ps(reinterpret_cast<const float*>(p + 448));
+    for (int i = 0; i < R; ++i) {
+      const uint8_t* row = b + i * G * 16 + q * 64;
+      _mm_prefetch(reinterpret_cast<const char*>(row + R * G * 16), _MM_HINT_T1);  // the next R rows' line
+      const __m512i v = _mm512_maskz_loadu_epi8(valid, row);
+      const __m512i wl = _mm512_shuffle_epi8(table, _mm512_and_si512(v, low4));
+      const __m512i wh = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(v, 4), low4));
+      const __m512i a0 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(corr, wl, e0), wh, o0);
+      const __m512i a1 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wl, e1), wh, o1);
+      const __m512i a2 = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), wl, e2), wh, o2);
+      const __m512i total = _mm512_add_epi32(_mm512_add_epi32(_mm512_slli_epi32(a2, 16), _mm512_slli_epi32(a1, 8)), a0);
+      uint32_t four = 0;
+      if (groups == kSuper) __builtin_memcpy(&four, s + i * G + q * kSuper, 4);
+      else for (int j = 0; j < groups; ++j) four |= static_cast<uint32_t>(s[i * G + q * kSuper + j]) << (8 * j);
+      acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(total), step), lane_scales(four), acc[i]);
+    }
+  };
+  for (int64_t q = 0; q < full; ++q) superblock(q, kSuper);
+  if (rest) superblock(full, static_cast<int>(rest));
+  for (int i = 0; i < R; ++i) out[i] = _mm512_reduce_add_ps(acc[i]);
+}
+
+TARGET_VNNI void mxfp4_fixed(const uint8_t* xq, int64_t n, int64_t K, const uint8_t* blocks, const uint8_t* scales,
+                             int64_t r0, int64_t r1, float* out, int64_t ldo) {
+  const int64_t G = K / kBlock, stride = fixed_bytes(K);
+  float four[4];
+  for (int64_t t = 0; t < n; ++t) {
+    int64_t r = r0;
+    for (; r + 4 <= r1; r += 4) {
+      fixed_rows<4>(xq + t * stride, K, blocks + r * G * 16, scales + r * G, four);
+      for (int i = 0; i < 4; ++i) out[t * ldo + r + i] = four[i];
+    }
+    for (; r < r1; ++r) fixed_rows<1>(xq + t * stride, K, blocks + r * G * 16, scales + r * G, out + t * ldo + r);
+  }
 }
 
 TARGET void mxfp4_rows(const float* xs, int64_t n, int64_t K, const uint8_t* blocks, const uint8_t* scales,
@@ -144,7 +208,14 @@ TARGET void mxfp4_dequant(const uint8_t* blocks, const uint8_t* scales, int64_t 
 
 }  // namespace
 
-Kernels avx512_kernels() { return {"avx512", mxfp4_rows, bf16_rows, mxfp4_dequant}; }
+bool avx512_has_vnni() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512vnni");
+}
+
+Kernels avx512_kernels() {
+  return {"avx512", mxfp4_rows, bf16_rows, mxfp4_dequant, avx512_has_vnni() ? mxfp4_fixed : avx2_fixed()};
+}
 
 }  // namespace gptoss_cpu
 #endif

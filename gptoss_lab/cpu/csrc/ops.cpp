@@ -7,9 +7,12 @@
 //   bf16_linear(x, w, bias)                  x (n, K) f32 @ W^T, W bf16 (M, K)
 //   moe_forward(x, idx, weights, ...)        gpt-oss's expert block for tokens x (T, H) routed to idx (T, k)
 //   decode_attention(q, k, v, mask, sinks, scaling, start)   one token's attention (attention.cpp)
+//   set_fixed_point(on)                      the MXFP4 kernels on fixed-point activations (default) or floats
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
+#include <algorithm>
+#include <atomic>
 #include <string>
 #include <vector>
 
@@ -96,11 +99,40 @@ void add_bias(at::Tensor& out, const c10::optional<at::Tensor>& bias) {
   if (bias.has_value() && bias->defined()) out.add_(bias->to(at::kFloat).unsqueeze(0));
 }
 
-// Rows [0, M) of a packed weight against n split tokens, spread over the thread pool.
-void packed_rows(const float* xs, int64_t n, int64_t K, const uint8_t* b, const uint8_t* s, int64_t M, float* out,
-                 int64_t ldo) {
-  const auto fn = active().mxfp4_rows;
-  at::parallel_for(0, M, kGrain, [&](int64_t r0, int64_t r1) { fn(xs, n, K, b, s, r0, r1, out, ldo); });
+// n tokens of K floats as the MXFP4 kernels take them: fixed point (quantize_fixed), or split floats for
+// tokens it refuses (a non-finite or vanishingly small group).
+struct Prepared {
+  at::Tensor data;  // (n, fixed_bytes(K)) uint8, or (n, K) float32 split
+  bool fixed;
+  int64_t K;
+  const uint8_t* token(int64_t t) const {
+    return data.data_ptr<uint8_t>() + t * (fixed ? fixed_bytes(K) : K * static_cast<int64_t>(sizeof(float)));
+  }
+};
+
+std::atomic<bool> g_fixed{true};  // set_fixed_point(False): the split-float kernels only, for comparison
+
+Prepared prepare(const float* x, int64_t n, int64_t K) {
+  const int64_t stride = fixed_bytes(K);
+  auto buf = at::empty({n, stride}, at::kByte);
+  std::atomic<bool> ok{g_fixed.load()};
+  at::parallel_for(0, n, 16, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e && ok; ++t)
+      if (!quantize_fixed(x + t * K, K, buf.data_ptr<uint8_t>() + t * stride)) ok = false;
+  });
+  if (ok) return {buf, true, K};
+  auto xs = at::empty({n, K}, at::kFloat);
+  split_groups(x, n, K, xs.data_ptr<float>());
+  return {xs.view(at::kByte), false, K};
+}
+
+// Rows [r0, r1) of a packed weight against tokens [t0, t0 + n) of x, on this thread.
+void rows(const Prepared& x, int64_t t0, int64_t n, const uint8_t* b, const uint8_t* s, int64_t r0, int64_t r1,
+          float* out, int64_t ldo) {
+  if (x.fixed)
+    active().mxfp4_fixed(x.token(t0), n, x.K, b, s, r0, r1, out, ldo);
+  else
+    active().mxfp4_rows(reinterpret_cast<const float*>(x.token(t0)), n, x.K, b, s, r0, r1, out, ldo);
 }
 
 at::Tensor dequantize_rows(const uint8_t* b, const uint8_t* s, int64_t M, int64_t K) {
@@ -118,10 +150,11 @@ at::Tensor mxfp4_linear(const at::Tensor& x, const at::Tensor& blocks, const at:
   check_packed(blocks, scales, K);
   TORCH_CHECK(blocks.numel() == M * K / 2 && scales.numel() == M * K / kBlock, "blocks/scales do not match x's width ", K);
   auto out = at::empty({n, M}, at::kFloat);
-  auto xs = at::empty_like(x);
-  split_groups(x.data_ptr<float>(), n, K, xs.data_ptr<float>());
-  packed_rows(xs.data_ptr<float>(), n, K, blocks.data_ptr<uint8_t>(), scales.data_ptr<uint8_t>(), M,
-              out.data_ptr<float>(), M);
+  const Prepared xp = prepare(x.data_ptr<float>(), n, K);
+  const uint8_t* b = blocks.data_ptr<uint8_t>();
+  const uint8_t* s = scales.data_ptr<uint8_t>();
+  float* o = out.data_ptr<float>();
+  at::parallel_for(0, M, kGrain, [&](int64_t r0, int64_t r1) { rows(xp, 0, n, b, s, r0, r1, o, M); });
   add_bias(out, bias);
   return out;
 }
@@ -219,7 +252,7 @@ at::Tensor moe_forward(const at::Tensor& x, const at::Tensor& idx, const at::Ten
     }
   };
 
-  // Few tokens: gather each expert's tokens (split), then one parallel pass over all experts' rows.
+  // Few tokens: gather each expert's tokens, then one parallel pass over all experts' rows.
   std::vector<int64_t> small;
   for (int64_t e = 0; e < E; ++e)
     if (!tokens[e].empty() && static_cast<int64_t>(tokens[e].size()) <= small_n) small.push_back(e);
@@ -227,31 +260,28 @@ at::Tensor moe_forward(const at::Tensor& x, const at::Tensor& idx, const at::Ten
     std::vector<int64_t> first(small.size() + 1, 0);  // token offset of each expert in the gathered batch
     for (size_t a = 0; a < small.size(); ++a) first[a + 1] = first[a] + tokens[small[a]].size();
     const int64_t n = first.back();
-    auto xs = at::empty({n, H}, at::kFloat);
+    auto xg = at::empty({n, H}, at::kFloat);
     for (size_t a = 0; a < small.size(); ++a)
       for (size_t j = 0; j < tokens[small[a]].size(); ++j)
-        split_groups(xp + (tokens[small[a]][j] / k) * H, 1, H, xs.data_ptr<float>() + (first[a] + j) * H);
+        std::copy_n(xp + (tokens[small[a]][j] / k) * H, H, xg.data_ptr<float>() + (first[a] + j) * H);
     auto gate_up = at::empty({n, I2}, at::kFloat);
     auto down = at::empty({n, H}, at::kFloat);
-    const auto fn = active().mxfp4_rows;
     const int64_t A = small.size();
-    auto run_rows = [&](int64_t M, int64_t Kin, const float* in, const uint8_t* bb, const uint8_t* ss, float* o) {
+    auto run_rows = [&](int64_t M, int64_t Kin, const Prepared& in, const uint8_t* bb, const uint8_t* ss, float* o) {
       at::parallel_for(0, A * M, kGrain, [&](int64_t b, int64_t e) {
         for (int64_t a = b / M; a < A && a * M < e; ++a) {
           const int64_t r0 = std::max(b, a * M) - a * M, r1 = std::min(e, (a + 1) * M) - a * M;
           const int64_t ex = small[a];
-          fn(in + first[a] * Kin, first[a + 1] - first[a], Kin, bb + ex * M * Kin / 2, ss + ex * M * Kin / kBlock, r0,
-             r1, o + first[a] * M, M);
+          rows(in, first[a], first[a + 1] - first[a], bb + ex * M * Kin / 2, ss + ex * M * Kin / kBlock, r0, r1,
+               o + first[a] * M, M);
         }
       });
     };
-    run_rows(I2, H, xs.data_ptr<float>(), gbp, gsp, gate_up.data_ptr<float>());
+    run_rows(I2, H, prepare(xg.data_ptr<float>(), n, H), gbp, gsp, gate_up.data_ptr<float>());
     for (int64_t a = 0; a < A; ++a)
       gate_up.slice(0, first[a], first[a + 1]).add_(gub[small[a]].unsqueeze(0));
     auto act = swiglu(gate_up, alpha, limit);
-    auto acts = at::empty_like(act);
-    split_groups(act.data_ptr<float>(), n, I, acts.data_ptr<float>());
-    run_rows(H, I, acts.data_ptr<float>(), dbp, dsp, down.data_ptr<float>());
+    run_rows(H, I, prepare(act.data_ptr<float>(), n, I), dbp, dsp, down.data_ptr<float>());
     for (int64_t a = 0; a < A; ++a) {
       down.slice(0, first[a], first[a + 1]).add_(dnb[small[a]].unsqueeze(0));
       accumulate(tokens[small[a]], down.data_ptr<float>() + first[a] * H);
@@ -292,6 +322,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("isa", &isa, "the instruction set the kernels run on: avx512, avx2 or scalar");
   m.def("available", &available, "the instruction sets this CPU can run");
   m.def("set_isa", &set_isa, "run the kernels of one instruction set (scalar, avx2, avx512, or best)");
+  m.def("set_fixed_point", [](bool on) { g_fixed = on; },
+        "MXFP4 kernels on fixed-point activations (True, the default) or on floats (False: the slower lookup)");
+  m.def("fixed_point", [] { return g_fixed.load(); }, "whether the MXFP4 kernels take fixed-point activations");
   m.def("mxfp4_linear", &mxfp4_linear, "x @ W^T (+ bias) with W packed in MXFP4", py::arg("x"), py::arg("blocks"),
         py::arg("scales"), py::arg("bias") = py::none());
   m.def("mxfp4_dequantize", &mxfp4_dequantize, "W as float32", py::arg("blocks"), py::arg("scales"));

@@ -1,5 +1,6 @@
 // The scalar reference: portable C++ (ARM and Apple silicon build this, and the compiler vectorizes
 // what it can); every SIMD file is tested against it on odd shapes.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -9,6 +10,41 @@ namespace gptoss_cpu {
 
 const float kE2M1[16] = {0.0f,  0.5f,  1.0f,  1.5f,  2.0f,  3.0f,  4.0f,  6.0f,
                          -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
+
+const int8_t kE2M1Twice12[16] = {12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0};
+
+bool quantize_fixed(const float* x, int64_t K, uint8_t* out) {
+  const int64_t G = K / kBlock;
+  std::memset(out, 0, fixed_bytes(K));
+  for (int64_t g = 0; g < G; ++g) {
+    const float* xg = x + g * kBlock;
+    float top = 0.0f;
+    for (int i = 0; i < kBlock; ++i) top = std::max(top, std::fabs(xg[i]));  // NaN is skipped: checked below
+    for (int i = 0; i < kBlock; ++i)
+      if (!std::isfinite(xg[i])) return false;
+    if (top != 0.0f && top < 1e-30f) return false;
+    uint8_t* sb = out + (g / kSuper) * kSuperBytes;
+    const int lane0 = static_cast<int>(g % kSuper) * 4;  // the group's first lane in its superblock
+    const double inv = top == 0.0f ? 0.0 : kFixedTop / static_cast<double>(top);
+    int32_t* corr = reinterpret_cast<int32_t*>(sb + 384);
+    for (int j = 0; j < 16; ++j)
+      for (int parity = 0; parity < 2; ++parity) {
+        const auto v = static_cast<int32_t>(std::nearbyint(xg[2 * j + parity] * inv));
+        const int32_t b2 = (v + 32896) >> 16;  // three balanced bytes: v = b2 * 65536 + b1 * 256 + b0
+        const int32_t rest = v - b2 * 65536;
+        const int32_t b1 = (rest + 128) >> 8;
+        const int32_t b0 = rest - b1 * 256;
+        const int64_t at = lane0 * 4 + j;  // the byte's index in each plane: group * 16 + j
+        sb[(0 + parity) * 64 + at] = static_cast<uint8_t>(static_cast<int8_t>(b0));
+        sb[(2 + parity) * 64 + at] = static_cast<uint8_t>(static_cast<int8_t>(b1));
+        sb[(4 + parity) * 64 + at] = static_cast<uint8_t>(static_cast<int8_t>(b2));
+        corr[at / 4] -= 12 * v;
+      }
+    float step = static_cast<float>(top / static_cast<double>(kFixedTop) / 2.0);
+    for (int d = 0; d < 4; ++d) std::memcpy(sb + 448 + (lane0 + d) * 4, &step, 4);
+  }
+  return true;
+}
 
 const float* e8m0_table() {
   static const auto* table = [] {
@@ -38,6 +74,42 @@ void mxfp4_rows(const float* xs, int64_t n, int64_t K, const uint8_t* blocks, co
           part += kE2M1[byte & 15] * x[g * 32 + j] + kE2M1[byte >> 4] * x[g * 32 + 16 + j];
         }
         acc += part * scale[s[g]];
+      }
+      out[t * ldo + r] = acc;
+    }
+  }
+}
+
+// The fixed-point reference: each lane's exact integer sum (doubled codes times the values read back from
+// their three bytes), then the same float32 steps as the SIMD kernels: times the lane's step, times the scale.
+void mxfp4_fixed(const uint8_t* xq, int64_t n, int64_t K, const uint8_t* blocks, const uint8_t* scales, int64_t r0,
+                 int64_t r1, float* out, int64_t ldo) {
+  const int64_t G = K / kBlock, stride = fixed_bytes(K);
+  const float* scale = e8m0_table();
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* b = blocks + r * G * 16;
+    const uint8_t* s = scales + r * G;
+    for (int64_t t = 0; t < n; ++t) {
+      float acc = 0.0f;
+      for (int64_t g = 0; g < G; ++g) {
+        const uint8_t* sb = xq + t * stride + (g / kSuper) * kSuperBytes;
+        const int64_t first = (g % kSuper) * 16;
+        for (int lane = 0; lane < 4; ++lane) {
+          int64_t total = 0;
+          for (int m = 0; m < 4; ++m) {
+            const int64_t at = first + lane * 4 + m;
+            const uint8_t byte = b[g * 16 + lane * 4 + m];
+            for (int parity = 0; parity < 2; ++parity) {
+              const int32_t v = static_cast<int8_t>(sb[(4 + parity) * 64 + at]) * 65536 +
+                                static_cast<int8_t>(sb[(2 + parity) * 64 + at]) * 256 +
+                                static_cast<int8_t>(sb[parity * 64 + at]);
+              total += static_cast<int64_t>(kE2M1Twice12[parity ? byte >> 4 : byte & 15] - 12) * v;
+            }
+          }
+          float step;
+          std::memcpy(&step, sb + 448 + (first / 4 + lane) * 4, 4);
+          acc += static_cast<float>(total) * step * scale[s[g]];
+        }
       }
       out[t * ldo + r] = acc;
     }
@@ -82,6 +154,6 @@ void mxfp4_dequant(const uint8_t* blocks, const uint8_t* scales, int64_t K, int6
 
 }  // namespace
 
-Kernels scalar_kernels() { return {"scalar", mxfp4_rows, bf16_rows, mxfp4_dequant}; }
+Kernels scalar_kernels() { return {"scalar", mxfp4_rows, bf16_rows, mxfp4_dequant, mxfp4_fixed}; }
 
 }  // namespace gptoss_cpu
