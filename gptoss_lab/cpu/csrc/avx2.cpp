@@ -192,6 +192,26 @@ TARGET void bf16_row(const float* x, int64_t K, const uint16_t* w, float* out, i
   }
 }
 
+// One token: four accumulators, so that the FMAs of a row do not wait on each other's latency (one
+// accumulator held a 1.16-GB bf16 mat-vec to 30 GB/s on 2 cores even in cache; four: see the commit).
+template <>
+TARGET void bf16_row<1>(const float* x, int64_t K, const uint16_t* w, float* out, int64_t) {
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32)
+    for (int u = 0; u < 4; ++u)
+      acc[u] = _mm256_fmadd_ps(bf16x8(w + k + 8 * u), _mm256_loadu_ps(x + k + 8 * u), acc[u]);
+  for (; k + 8 <= K; k += 8) acc[0] = _mm256_fmadd_ps(bf16x8(w + k), _mm256_loadu_ps(x + k), acc[0]);
+  float total = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+  for (; k < K; ++k) {
+    const uint32_t bits = static_cast<uint32_t>(w[k]) << 16;
+    float f;
+    __builtin_memcpy(&f, &bits, sizeof f);
+    total += f * x[k];
+  }
+  *out = total;
+}
+
 TARGET void bf16_rows(const float* x, int64_t n, int64_t K, const uint16_t* w, int64_t r0, int64_t r1, float* out,
                       int64_t ldo) {
   for (int64_t r = r0; r < r1; ++r)

@@ -6,7 +6,7 @@
 //   lower-indexed element in the low nibble) and scales uint8 [M][K/32] (E8M0: 2^(s-127)).
 //   bf16 weight W (M rows, K columns): uint16 [M][K], row-major.
 // Activations are float32. The MXFP4 kernels take them in one of two forms:
-//  - "fixed" (mxfp4_fixed, the one used): quantize_fixed turns each group of 32 into 24-bit fixed point
+//  - "fixed" (mxfp4_fixed, used where the table has one: AVX2, AVX-512): quantize_fixed turns each group of 32 into 24-bit fixed point
 //    scaled to the group's largest magnitude (+-8355711 steps: a float32 mantissa's precision), so that
 //    a weight's e2m1 code, doubled, is an integer in [-12, 12] that multiplies it exactly in 32-bit
 //    integers (vpdpbusd / vpmaddubsw on the value's three bytes), and only the group's sum is scaled in
@@ -64,7 +64,7 @@ struct Kernels {
   Mxfp4RowsFn mxfp4_rows;
   Bf16RowsFn bf16_rows;
   Mxfp4DequantFn mxfp4_dequant;
-  Mxfp4FixedFn mxfp4_fixed;
+  Mxfp4FixedFn mxfp4_fixed;  // nullptr: this instruction set takes split floats only
 };
 
 // Fixed-point activations, a superblock (4 groups, 128 columns) at a time, 512 bytes each:

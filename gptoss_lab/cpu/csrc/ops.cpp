@@ -115,7 +115,7 @@ std::atomic<bool> g_fixed{true};  // set_fixed_point(False): the split-float ker
 Prepared prepare(const float* x, int64_t n, int64_t K) {
   const int64_t stride = fixed_bytes(K);
   auto buf = at::empty({n, stride}, at::kByte);
-  std::atomic<bool> ok{g_fixed.load()};
+  std::atomic<bool> ok{g_fixed.load() && active().mxfp4_fixed != nullptr};  // the scalar table has none
   at::parallel_for(0, n, 16, [&](int64_t b, int64_t e) {
     for (int64_t t = b; t < e && ok; ++t)
       if (!quantize_fixed(x + t * K, K, buf.data_ptr<uint8_t>() + t * stride)) ok = false;
@@ -324,7 +324,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_isa", &set_isa, "run the kernels of one instruction set (scalar, avx2, avx512, or best)");
   m.def("set_fixed_point", [](bool on) { g_fixed = on; },
         "MXFP4 kernels on fixed-point activations (True, the default) or on floats (False: the slower lookup)");
-  m.def("fixed_point", [] { return g_fixed.load(); }, "whether the MXFP4 kernels take fixed-point activations");
+  m.def("fixed_point", [] { return g_fixed.load(); }, "whether the MXFP4 kernels take fixed-point activations (where the instruction set has such kernels: "
+        "AVX-512 and AVX2, not the scalar one)");
   m.def("mxfp4_linear", &mxfp4_linear, "x @ W^T (+ bias) with W packed in MXFP4", py::arg("x"), py::arg("blocks"),
         py::arg("scales"), py::arg("bias") = py::none());
   m.def("mxfp4_dequantize", &mxfp4_dequantize, "W as float32", py::arg("blocks"), py::arg("scales"));
