@@ -247,6 +247,7 @@ def test_engine_equals_transformers_float32(name):
     assert ours.report.moe_path == f"mxfp4-cpu ({OPS.isa()})" and theirs.report.moe_path == "dequantized-float32"
     assert ours.report.engine.startswith("transformers + gptoss-lab")
     assert type(ours.model.model.layers[0].mlp.experts).__name__ == "PackedExperts"
+    assert any("24-bit fixed point" in n for n in ours.report.notes) == (OPS.isa() != "scalar")
     assert ours.report.memory_bytes < theirs.report.memory_bytes
     long_prompt = (PROMPT * 20)[:300]  # past SMALL_N tokens per expert: the prefill path
     for ids in (PROMPT[:1], PROMPT, long_prompt):

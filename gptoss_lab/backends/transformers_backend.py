@@ -154,6 +154,9 @@ def _cpu_engine(source: Source, attn: str | None) -> tuple[Any, str, list[str]]:
     notes = [] if ops is not None else [f"the CPU kernels are not available ({build.why_not()}): the pure-torch fallback runs"]
     assert source.path is not None  # downloaded before this is called
     model = loader.load_model(source.path, ops, attn_implementation=attn or "eager")
+    if ops is not None and ops.isa() != "scalar" and ops.fixed_point():
+        notes.append("the experts take their activations as 24-bit fixed point per group of 32 (float32's precision: "
+                     "the integer products are exact); gptoss_lab.cpu.build.ops().set_fixed_point(False) runs them on floats")
     embedding = model.model.embed_tokens
     if embedding.mapped:
         notes.append(f"the token embedding ({embedding.weight.numel() * embedding.weight.element_size() / 1e9:.2f} GB) "
