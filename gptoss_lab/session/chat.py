@@ -82,7 +82,7 @@ class RunningTurn:
 
     ``get(timeout)`` hands over the next event (None when there is none within ``timeout``, or once
     the turn is over: see ``over``); ``stop()`` asks the turn to end (generation within one token, a
-    running tool within about a second); ``wait()`` takes every event until the end and returns the
+    local model's prompt within one decoder layer, a running tool within about a second); ``wait()`` takes every event until the end and returns the
     result. A failure of the turn (the model raising) is raised by ``get``/``wait`` in the
     consumer's thread. The chat is no longer busy once ``over`` is true.
     """

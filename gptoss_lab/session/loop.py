@@ -2,7 +2,8 @@
 
 Data flows one way: backend steps -> parser events -> the turn's sinks (the transcript builder, the
 token recorder when inspecting) -> the caller. A cancel (the panel's Stop, ``Chat.send(cancel=)``,
-the kernel's interrupt) stops generation within one token and a running tool within about a second
+the kernel's interrupt) stops generation within one token (a local model's prompt within one decoder
+layer, the part fed whole kept in its prefix cache) and a running tool within about a second
 (the sandbox is interrupted, restarted if it does not yield); a call that arrives after the cancel
 is answered "not run", so the conversation stays well formed and goes on with the next turn.
 """
