@@ -144,17 +144,14 @@ TARGET void fixed_rows(const uint8_t* xq, int64_t K, const uint8_t* b, const uin
 
 TARGET void mxfp4_fixed(const uint8_t* xq, int64_t n, int64_t K, const uint8_t* blocks, const uint8_t* scales,
                         int64_t r0, int64_t r1, float* out, int64_t ldo) {
-  constexpr int R = 2;
   const int64_t G = K / kBlock, stride = fixed_bytes(K);
-  float some[R];
-  for (int64_t t = 0; t < n; ++t) {
-    int64_t r = r0;
-    for (; r + R <= r1; r += R) {
-      fixed_rows<R>(xq + t * stride, K, blocks + r * G * 16, scales + r * G, some);
-      for (int i = 0; i < R; ++i) out[t * ldo + r + i] = some[i];
-    }
-    for (; r < r1; ++r) fixed_rows<1>(xq + t * stride, K, blocks + r * G * 16, scales + r * G, out + t * ldo + r);
-  }
+  for (int64_t t = 0; t < n; ++t)
+    by_row_chunks<2>(r0, r1, [&](int64_t r, auto chunk) {
+      constexpr int C = decltype(chunk)::value;
+      float got[C];
+      fixed_rows<C>(xq + t * stride, K, blocks + r * G * 16, scales + r * G, got);
+      for (int i = 0; i < C; ++i) out[t * ldo + r + i] = got[i];
+    });
 }
 
 TARGET void mxfp4_rows(const float* xs, int64_t n, int64_t K, const uint8_t* blocks, const uint8_t* scales,

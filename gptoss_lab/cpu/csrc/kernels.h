@@ -45,6 +45,15 @@ inline void by_token_chunks(int64_t n, F&& f) {
   }
 }
 
+// f(r, std::integral_constant<int, R>) over the rows [r0, r1): R at a time (they share each load of the
+// activations), then f(r, std::integral_constant<int, 1>) for each row left. The fixed-point kernels take it.
+template <int R, typename F>
+inline void by_row_chunks(int64_t r0, int64_t r1, F&& f) {
+  int64_t r = r0;
+  for (; r + R <= r1; r += R) f(r, std::integral_constant<int, R>{});
+  for (; r < r1; ++r) f(r, std::integral_constant<int, 1>{});
+}
+
 // out[t * ldo + r] = sum_k W[r][k] * x[t][k] for rows r in [r0, r1) and tokens t < n
 // (xs: n tokens of K split floats, one after another).
 using Mxfp4RowsFn = void (*)(const float* xs, int64_t n, int64_t K, const uint8_t* blocks, const uint8_t* scales,

@@ -113,14 +113,16 @@ struct Prepared {
 std::atomic<bool> g_fixed{true};  // set_fixed_point(False): the split-float kernels only, for comparison
 
 Prepared prepare(const float* x, int64_t n, int64_t K) {
-  const int64_t stride = fixed_bytes(K);
-  auto buf = at::empty({n, stride}, at::kByte);
-  std::atomic<bool> ok{g_fixed.load() && active().mxfp4_fixed != nullptr};  // the scalar table has none
-  at::parallel_for(0, n, 16, [&](int64_t b, int64_t e) {
-    for (int64_t t = b; t < e && ok; ++t)
-      if (!quantize_fixed(x + t * K, K, buf.data_ptr<uint8_t>() + t * stride)) ok = false;
-  });
-  if (ok) return {buf, true, K};
+  if (g_fixed && active().mxfp4_fixed != nullptr) {  // the scalar table has none
+    const int64_t stride = fixed_bytes(K);
+    auto buf = at::empty({n, stride}, at::kByte);
+    std::atomic<bool> ok{true};
+    at::parallel_for(0, n, 16, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e && ok; ++t)
+        if (!quantize_fixed(x + t * K, K, buf.data_ptr<uint8_t>() + t * stride)) ok = false;
+    });
+    if (ok) return {buf, true, K};
+  }
   auto xs = at::empty({n, K}, at::kFloat);
   split_groups(x, n, K, xs.data_ptr<float>());
   return {xs.view(at::kByte), false, K};

@@ -19,9 +19,10 @@ bool quantize_fixed(const float* x, int64_t K, uint8_t* out) {
   for (int64_t g = 0; g < G; ++g) {
     const float* xg = x + g * kBlock;
     float top = 0.0f;
-    for (int i = 0; i < kBlock; ++i) top = std::max(top, std::fabs(xg[i]));  // NaN is skipped: checked below
-    for (int i = 0; i < kBlock; ++i)
+    for (int i = 0; i < kBlock; ++i) {
       if (!std::isfinite(xg[i])) return false;
+      top = std::max(top, std::fabs(xg[i]));
+    }
     if (top != 0.0f && top < 1e-30f) return false;
     uint8_t* sb = out + (g / kSuper) * kSuperBytes;
     const int lane0 = static_cast<int>(g % kSuper) * 4;  // the group's first lane in its superblock
