@@ -200,7 +200,7 @@ def test_sliding_window_attention_skips_only_masked_keys(monkeypatch):
     assert torch.allclose(got, eager_attention_forward(Module(), q, k, v, mask, scaling=0.25)[0], atol=1e-6)
 
 
-@pytest.mark.parametrize("heads,kv,dim,window", [(64, 8, 64, None), (64, 8, 64, 128), (4, 2, 72, None), (8, 1, 16, 5)])
+@pytest.mark.parametrize("heads,kv,dim,window", [(64, 8, 64, None), (64, 8, 64, 128), (4, 2, 72, None), (8, 1, 16, 5), (12, 1, 36, None)])
 def test_the_fused_decode_attention_equals_eager(heads, kv, dim, window):
     """One decoded token through the C++ kernel, on a view of a longer key/value buffer (as a cache holds it)."""
     from transformers.models.gpt_oss.modeling_gpt_oss import eager_attention_forward

@@ -62,7 +62,11 @@ inline v8 vmax(v8 a, v8 b) { return a > b ? a : b; }
 // Query heads [0, rep) of one key/value head against keys [0, n) (already past a window's start).
 // Lanes are query heads (rep padded to 8 with zero queries): the scores of a key are 8 lanes of FMAs
 // over d with the key's element broadcast, so no horizontal sums. The softmax runs on lanes too; then probs (rep rows of stride ldp) are
-// written and out (rep x D) = probs @ values, a row of values per key, 8 vectors of accumulators.
+// written and out (rep x D) = probs @ values, heads on lanes again: a block of keys at a time, 8 columns of
+// accumulators per pass over the block, so each value row comes from memory once (one head at a time read
+// them 8 times, from L3 or memory at 4k tokens: 1.99 -> 1.65 ms a layer at 4k on 2 AVX2 cores, AMD EPYC).
+constexpr int64_t kKeyBlock = 64;  // keys whose values (64 x D floats: 16 KB at D = 64) one pass of PV keeps in L1
+
 CLONES void attend_group(const float* q, int64_t rep, int64_t D, const float* k, const float* v, int64_t ldkv,
                          int64_t n, const float* mask, const float* sinks, float scaling, float* probs, int64_t ldp,
                          float* out) {
@@ -110,23 +114,29 @@ CLONES void attend_group(const float* q, int64_t rep, int64_t D, const float* k,
       float* p = probs + (r0 + r) * ldp;
       for (t = 0; t < n; ++t) p[t] = S[t * 8 + r];
     }
-    for (int64_t r = 0; r < lanes; ++r) {  // out row r = sum_t w[t] v[t]: 64 columns at a time in registers
-      float* o = out + (r0 + r) * D;
-      for (int64_t d0 = 0; d0 < D; d0 += 64) {
-        const int64_t w = std::min<int64_t>(64, D - d0);
-        if (w == 64) {
-          v8 acc[8] = {};
-          for (t = 0; t < n; ++t) {
-            const float p = S[t * 8 + r];
+    if (D % 8 == 0) {  // out = probs @ values with heads on lanes: each row of values is read once
+      std::vector<float> acc(D * 8, 0.0f);  // acc[d * 8 + r]: head r's output at column d
+      for (int64_t t0 = 0; t0 < n; t0 += kKeyBlock) {  // a block of keys' values stays in L1 across the chunks
+        const int64_t t1 = std::min(n, t0 + kKeyBlock);
+        for (int64_t d0 = 0; d0 < D; d0 += 8) {  // 8 columns at a time: 8 vectors of accumulators
+          v8 a[8];
+          for (int j = 0; j < 8; ++j) a[j] = ld(acc.data() + (d0 + j) * 8);
+          for (t = t0; t < t1; ++t) {
+            const v8 p = ld(S + t * 8);
             const float* vt = v + t * ldkv + d0;
-            for (int j = 0; j < 8; ++j) acc[j] += p * ld(vt + 8 * j);
+            for (int j = 0; j < 8; ++j) a[j] += p * vt[j];
           }
-          for (int j = 0; j < 8; ++j) st8(o + d0 + 8 * j, acc[j]);
-        } else {
-          for (int64_t d = d0; d < D; ++d) o[d] = 0.0f;
-          for (t = 0; t < n; ++t)
-            for (int64_t d = d0; d < D; ++d) o[d] += S[t * 8 + r] * v[t * ldkv + d];
+          for (int j = 0; j < 8; ++j) st8(acc.data() + (d0 + j) * 8, a[j]);
         }
+      }
+      for (int64_t r = 0; r < lanes; ++r)
+        for (int64_t d = 0; d < D; ++d) out[(r0 + r) * D + d] = acc[d * 8 + r];
+    } else {
+      for (int64_t r = 0; r < lanes; ++r) {  // out row r = sum_t w[t] v[t]
+        float* o = out + (r0 + r) * D;
+        for (int64_t d = 0; d < D; ++d) o[d] = 0.0f;
+        for (t = 0; t < n; ++t)
+          for (int64_t d = 0; d < D; ++d) o[d] += S[t * 8 + r] * v[t * ldkv + d];
       }
     }
   }
