@@ -144,14 +144,10 @@ TARGET void fixed_rows(const uint8_t* xq, int64_t K, const uint8_t* b, const uin
 
 TARGET void mxfp4_fixed(const uint8_t* xq, int64_t n, int64_t K, const uint8_t* blocks, const uint8_t* scales,
                         int64_t r0, int64_t r1, float* out, int64_t ldo) {
-  const int64_t G = K / kBlock, stride = fixed_bytes(K);
-  for (int64_t t = 0; t < n; ++t)
-    by_row_chunks<2>(r0, r1, [&](int64_t r, auto chunk) {
-      constexpr int C = decltype(chunk)::value;
-      float got[C];
-      fixed_rows<C>(xq + t * stride, K, blocks + r * G * 16, scales + r * G, got);
-      for (int i = 0; i < C; ++i) out[t * ldo + r + i] = got[i];
-    });
+  by_fixed_rows<2>(xq, n, K, blocks, scales, r0, r1, out, ldo,
+                   [K](auto chunk, const uint8_t* x, const uint8_t* b, const uint8_t* s, float* got) {
+                     fixed_rows<decltype(chunk)::value>(x, K, b, s, got);
+                   });
 }
 
 TARGET void mxfp4_rows(const float* xs, int64_t n, int64_t K, const uint8_t* blocks, const uint8_t* scales,

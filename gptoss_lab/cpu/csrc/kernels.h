@@ -45,15 +45,6 @@ inline void by_token_chunks(int64_t n, F&& f) {
   }
 }
 
-// f(r, std::integral_constant<int, R>) over the rows [r0, r1): R at a time (they share each load of the
-// activations), then f(r, std::integral_constant<int, 1>) for each row left. The fixed-point kernels take it.
-template <int R, typename F>
-inline void by_row_chunks(int64_t r0, int64_t r1, F&& f) {
-  int64_t r = r0;
-  for (; r + R <= r1; r += R) f(r, std::integral_constant<int, R>{});
-  for (; r < r1; ++r) f(r, std::integral_constant<int, 1>{});
-}
-
 // out[t * ldo + r] = sum_k W[r][k] * x[t][k] for rows r in [r0, r1) and tokens t < n
 // (xs: n tokens of K split floats, one after another).
 using Mxfp4RowsFn = void (*)(const float* xs, int64_t n, int64_t K, const uint8_t* blocks, const uint8_t* scales,
@@ -89,6 +80,26 @@ constexpr int64_t kSuper = 4;
 constexpr int64_t kSuperBytes = 512;
 constexpr int32_t kFixedTop = 8355711;  // 127 * 65536 + 127 * 256 + 127: three balanced bytes
 inline int64_t fixed_bytes(int64_t K) { return (K / kBlock + kSuper - 1) / kSuper * kSuperBytes; }
+
+// The fixed-point kernels' walk (mxfp4_fixed): for each of n tokens (xq: fixed_bytes(K) bytes each), the rows
+// [r0, r1) R at a time (they share each load of the activations), then one at a time for the rows left:
+// rows(std::integral_constant<int, C>, token, blocks of row r, scales of row r, out[C]) with C = R or 1.
+template <int R, typename F>
+inline void by_fixed_rows(const uint8_t* xq, int64_t n, int64_t K, const uint8_t* blocks, const uint8_t* scales,
+                          int64_t r0, int64_t r1, float* out, int64_t ldo, F&& rows) {
+  const int64_t G = K / kBlock, stride = fixed_bytes(K);
+  auto run = [&](int64_t t, int64_t r, auto chunk) {
+    constexpr int C = decltype(chunk)::value;
+    float got[C];
+    rows(chunk, xq + t * stride, blocks + r * G * 16, scales + r * G, got);
+    for (int i = 0; i < C; ++i) out[t * ldo + r + i] = got[i];
+  };
+  for (int64_t t = 0; t < n; ++t) {
+    int64_t r = r0;
+    for (; r + R <= r1; r += R) run(t, r, std::integral_constant<int, R>{});
+    for (; r < r1; ++r) run(t, r, std::integral_constant<int, 1>{});
+  }
+}
 // False (out unspecified) if a group's largest magnitude is not finite or below 1e-30 (whose steps would
 // lose precision in float32): the caller then uses the split-float kernels for these tokens.
 bool quantize_fixed(const float* x, int64_t K, uint8_t* out);
