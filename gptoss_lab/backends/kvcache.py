@@ -4,6 +4,7 @@
 token: at 1k tokens of context on a CPU that was 100 ms of a 20b token's 355 ms. These layers keep a
 buffer with room to spare (grown ``STEP`` tokens at a time, so at most ``STEP`` tokens are ever unused)
 and expose ``keys``/``values`` as views of its filled part; crop, reset and the rest behave as before.
+A layer's buffer always has room for one more token than it holds (between 1 and ``STEP``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ class GrowingLayer(DynamicLayer):
         return self._expose()
 
     def _grow(self, k: torch.Tensor, v: torch.Tensor, need: int) -> None:
-        cap = -(-need // STEP) * STEP
+        # Room for at least one more token: a prompt of a multiple of STEP tokens would otherwise copy the
+        # whole cache again at the first token of the reply.
+        cap = (need // STEP + 1) * STEP
         new_k = k.new_empty(*k.shape[:2], cap, k.shape[-1])
         new_v = v.new_empty(*v.shape[:2], cap, v.shape[-1])
         if self._k is not None and self._v is not None and self._len and self._k.shape[:2] == k.shape[:2]:
