@@ -7,6 +7,7 @@
 //   bf16_linear(x, w, bias)                  x (n, K) f32 @ W^T, W bf16 (M, K)
 //   moe_forward(x, idx, weights, ...)        gpt-oss's expert block for tokens x (T, H) routed to idx (T, k)
 //   decode_attention(q, k, v, mask, sinks, scaling, start)   one token's attention (attention.cpp)
+//   rms_norm, router, qkv_rope               a decoded token's small layers, one call each (layers.cpp)
 //   set_fixed_point(on)                      the MXFP4 kernels on fixed-point activations (default) or floats
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
@@ -23,6 +24,13 @@ namespace gptoss_cpu {
 std::tuple<at::Tensor, at::Tensor> decode_attention(const at::Tensor& query, const at::Tensor& key,
                                                     const at::Tensor& value, const c10::optional<at::Tensor>& mask,
                                                     const at::Tensor& sinks, double scaling, int64_t start);
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> router(const at::Tensor& x, const at::Tensor& weight,
+                                                      const at::Tensor& bias, int64_t k);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> qkv_rope(const at::Tensor& x, const at::Tensor& wq, const at::Tensor& bq,
+                                                        const at::Tensor& wk, const at::Tensor& bk, const at::Tensor& wv,
+                                                        const at::Tensor& bv, const at::Tensor& cos, const at::Tensor& sin,
+                                                        int64_t head_dim);
 
 namespace {
 
@@ -193,22 +201,15 @@ at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& w, const c10::opti
   return out;
 }
 
-// gpt-oss's clamped SwiGLU on interleaved (gate, up) pairs: (n, 2I) -> (n, I).
-at::Tensor swiglu(const at::Tensor& gate_up, double alpha, double limit) {
-  const int64_t n = gate_up.size(0), I = gate_up.size(1) / 2;
-  auto out = at::empty({n, I}, at::kFloat);
-  const float* g = gate_up.data_ptr<float>();
-  float* o = out.data_ptr<float>();
+// gpt-oss's clamped SwiGLU of one token's interleaved (gate, up) pairs plus their bias: 2I -> I values.
+void swiglu_row(const float* gate_up, const float* bias, int64_t I, double alpha, double limit, float* out) {
   const float a = static_cast<float>(alpha), lim = static_cast<float>(limit);
-  at::parallel_for(0, n * I, 4096, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      const float gate = std::min(g[2 * i], lim);
-      const float up = std::max(std::min(g[2 * i + 1], lim), -lim);
-      const float glu = gate / (1.0f + std::exp(-gate * a));
-      o[i] = (up + 1.0f) * glu;
-    }
-  });
-  return out;
+  for (int64_t i = 0; i < I; ++i) {
+    const float gate = std::min(gate_up[2 * i] + bias[2 * i], lim);
+    const float up = std::max(std::min(gate_up[2 * i + 1] + bias[2 * i + 1], lim), -lim);
+    const float glu = gate / (1.0f + std::exp(-gate * a));
+    out[i] = (up + 1.0f) * glu;
+  }
 }
 
 // The expert block: for every token, sum over its k experts of weight * down(swiglu(gate_up(x))).
@@ -246,15 +247,20 @@ at::Tensor moe_forward(const at::Tensor& x, const at::Tensor& idx, const at::Ten
   const uint8_t* dbp = dn_blocks.data_ptr<uint8_t>();
   const uint8_t* dsp = dn_scales.data_ptr<uint8_t>();
 
-  auto accumulate = [&](const std::vector<int64_t>& entries, const float* y) {  // y: (n, H) of this expert
+  // out[token] += weight * (y + bias) for each (token, slot) entry of one expert; y: (entries, H)
+  auto accumulate = [&](const std::vector<int64_t>& entries, const float* y, const float* bias) {
     for (size_t j = 0; j < entries.size(); ++j) {
       float* dst = op + (entries[j] / k) * H;
       const float wgt = wp[entries[j]];
-      for (int64_t h = 0; h < H; ++h) dst[h] += wgt * y[j * H + h];
+      const float* yj = y + j * H;
+      for (int64_t h = 0; h < H; ++h) dst[h] += wgt * (yj[h] + bias[h]);
     }
   };
+  const float* gub_p = gub.data_ptr<float>();
+  const float* dnb_p = dnb.data_ptr<float>();
 
-  // Few tokens: gather each expert's tokens, then one parallel pass over all experts' rows.
+  // Few tokens: gather each expert's tokens, then one parallel pass over all experts' rows. Biases, the
+  // SwiGLU and the weighted sum are plain loops (as torch ops they were ~10 dispatches an expert).
   std::vector<int64_t> small;
   for (int64_t e = 0; e < E; ++e)
     if (!tokens[e].empty() && static_cast<int64_t>(tokens[e].size()) <= small_n) small.push_back(e);
@@ -267,8 +273,11 @@ at::Tensor moe_forward(const at::Tensor& x, const at::Tensor& idx, const at::Ten
       for (size_t j = 0; j < tokens[small[a]].size(); ++j)
         std::copy_n(xp + (tokens[small[a]][j] / k) * H, H, xg.data_ptr<float>() + (first[a] + j) * H);
     auto gate_up = at::empty({n, I2}, at::kFloat);
+    auto act = at::empty({n, I}, at::kFloat);
     auto down = at::empty({n, H}, at::kFloat);
     const int64_t A = small.size();
+    std::vector<int64_t> expert_of(n);  // each gathered token's expert
+    for (int64_t a = 0; a < A; ++a) std::fill(expert_of.begin() + first[a], expert_of.begin() + first[a + 1], small[a]);
     auto run_rows = [&](int64_t M, int64_t Kin, const Prepared& in, const uint8_t* bb, const uint8_t* ss, float* o) {
       at::parallel_for(0, A * M, kGrain, [&](int64_t b, int64_t e) {
         for (int64_t a = b / M; a < A && a * M < e; ++a) {
@@ -280,27 +289,26 @@ at::Tensor moe_forward(const at::Tensor& x, const at::Tensor& idx, const at::Ten
       });
     };
     run_rows(I2, H, prepare(xg.data_ptr<float>(), n, H), gbp, gsp, gate_up.data_ptr<float>());
+    const float* gp = gate_up.data_ptr<float>();
+    float* ap = act.data_ptr<float>();
+    at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t) swiglu_row(gp + t * I2, gub_p + expert_of[t] * I2, I, alpha, limit, ap + t * I);
+    });
+    run_rows(H, I, prepare(ap, n, I), dbp, dsp, down.data_ptr<float>());
     for (int64_t a = 0; a < A; ++a)
-      gate_up.slice(0, first[a], first[a + 1]).add_(gub[small[a]].unsqueeze(0));
-    auto act = swiglu(gate_up, alpha, limit);
-    run_rows(H, I, prepare(act.data_ptr<float>(), n, I), dbp, dsp, down.data_ptr<float>());
-    for (int64_t a = 0; a < A; ++a) {
-      down.slice(0, first[a], first[a + 1]).add_(dnb[small[a]].unsqueeze(0));
-      accumulate(tokens[small[a]], down.data_ptr<float>() + first[a] * H);
-    }
+      accumulate(tokens[small[a]], down.data_ptr<float>() + first[a] * H, dnb_p + small[a] * H);
   }
 
   // Many tokens: one expert at a time, dequantized to float32 a tile of rows at a time (a few MB, never
   // the whole expert) and multiplied by torch's GEMM.
-  auto tiled = [&](const at::Tensor& in, const uint8_t* bb, const uint8_t* ss, int64_t M, int64_t Kin,
-                   const at::Tensor& bias) {
+  auto tiled = [&](const at::Tensor& in, const uint8_t* bb, const uint8_t* ss, int64_t M, int64_t Kin) {
     auto y = at::empty({in.size(0), M}, at::kFloat);
     for (int64_t r = 0; r < M; r += kTileRows) {
       const int64_t rows = std::min(kTileRows, M - r);
       auto w = dequantize_rows(bb + r * Kin / 2, ss + r * Kin / kBlock, rows, Kin);
       y.slice(1, r, r + rows).copy_(at::mm(in, w.t()));
     }
-    return y.add_(bias.unsqueeze(0));
+    return y;
   };
   for (int64_t e = 0; e < E; ++e) {
     const auto& entries = tokens[e];
@@ -308,15 +316,23 @@ at::Tensor moe_forward(const at::Tensor& x, const at::Tensor& idx, const at::Ten
     std::vector<int64_t> rows;
     for (auto i : entries) rows.push_back(i / k);
     auto xe = x.index_select(0, at::tensor(rows, at::kLong));
-    auto gate_up = tiled(xe, gbp + e * I2 * H / 2, gsp + e * I2 * H / kBlock, I2, H, gub[e]);
-    auto act = swiglu(gate_up, alpha, limit);
-    auto y = tiled(act, dbp + e * H * I / 2, dsp + e * H * I / kBlock, H, I, dnb[e]);
-    accumulate(entries, y.data_ptr<float>());
+    auto gate_up = tiled(xe, gbp + e * I2 * H / 2, gsp + e * I2 * H / kBlock, I2, H);
+    auto act = at::empty({xe.size(0), I}, at::kFloat);
+    const float* gp = gate_up.data_ptr<float>();
+    float* ap = act.data_ptr<float>();
+    at::parallel_for(0, xe.size(0), 16, [&](int64_t b, int64_t end) {
+      for (int64_t t = b; t < end; ++t) swiglu_row(gp + t * I2, gub_p + e * I2, I, alpha, limit, ap + t * I);
+    });
+    auto y = tiled(act, dbp + e * H * I / 2, dsp + e * H * I / kBlock, H, I);
+    accumulate(entries, y.data_ptr<float>(), dnb_p + e * H);
   }
   return out;
 }
 
 }  // namespace
+
+const Kernels& active_kernels() { return active(); }
+
 }  // namespace gptoss_cpu
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -339,4 +355,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("decode_attention", &decode_attention, "one query token's attention with sinks: (out (B,1,H,D), weights (B,H,1,k))",
         py::arg("query"), py::arg("key"), py::arg("value"), py::arg("mask"), py::arg("sinks"), py::arg("scaling"),
         py::arg("start") = 0);
+  m.def("rms_norm", &rms_norm, "gpt-oss's RMSNorm of float32 rows", py::arg("x"), py::arg("weight"), py::arg("eps"));
+  m.def("router", &router, "gpt-oss's router: (logits, top-k softmax scores, top-k indices)", py::arg("x"),
+        py::arg("weight"), py::arg("bias"), py::arg("k"));
+  m.def("qkv_rope", &qkv_rope, "q, k, v projections (bf16 weights) with the rotary embedding on q and k", py::arg("x"),
+        py::arg("wq"), py::arg("bq"), py::arg("wk"), py::arg("bk"), py::arg("wv"), py::arg("bv"), py::arg("cos"),
+        py::arg("sin"), py::arg("head_dim"));
 }
