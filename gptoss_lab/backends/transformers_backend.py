@@ -399,15 +399,12 @@ class TransformersBackend:
         return token, float(logits[token] - lse), alts
 
     def _routing_hooks(self, store: dict[int, LayerRouting]) -> list[Any]:
-        import torch
-        import torch.nn.functional as F
-
         def make(i: int, router: Any) -> Any:
+            # A pre-hook on the MLP, not a hook on the router: a hub kernel's MLP (megablocks on a GPU) never
+            # calls the router module. The router's own forward (no hooks) computes what the MLP routes by.
             def hook(module: Any, args: tuple) -> None:
                 h = args[0].reshape(-1, args[0].shape[-1])[-1:]  # the last position: the token just fed
-                logits = F.linear(h, router.weight, router.bias)  # what the router computes, (1, E)
-                top, idx = torch.topk(logits, router.top_k, dim=-1)
-                weights = torch.softmax(top, dim=-1, dtype=top.dtype)
+                _, weights, idx = router.forward(h)  # (1, k) each
                 store[i] = LayerRouting(tuple(idx[0].tolist()), tuple(weights[0].tolist()))
 
             return hook

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 CSRC = Path(__file__).parent / "csrc"
-SOURCES = ("ops.cpp", "attention.cpp", "scalar.cpp", "avx2.cpp", "avx512.cpp")
+SOURCES = ("ops.cpp", "attention.cpp", "layers.cpp", "scalar.cpp", "avx2.cpp", "avx512.cpp")
 CFLAGS = ("-O3", "-fno-math-errno")
 # at::parallel_for is inline: without -fopenmp its OpenMP pragma compiles to nothing and every kernel runs
 # on one thread. Linked this way the extension shares the libgomp torch loaded (one pool, torch's threads).

@@ -194,4 +194,7 @@ def load_model(folder: str | Path, ops: Any, *, attn_implementation: str = "eage
         raise WeightsNotFoundError(
             f"{folder} is not a complete MXFP4 gpt-oss checkpoint: {len(missing)} tensors are missing "
             f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})", model=str(folder))
+    from .layers import swap
+
+    swap(model, ops)  # the norms, routers and attention's projections of a decoded token in one call each
     return model.eval()

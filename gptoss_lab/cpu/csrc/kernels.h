@@ -107,6 +107,8 @@ bool quantize_fixed(const float* x, int64_t K, uint8_t* out);
 extern const int8_t kE2M1Twice12[16];
 
 Kernels scalar_kernels();
+// The table ops.cpp chose (from what the CPU reports, or set_isa): what every op runs.
+const Kernels& active_kernels();
 #if defined(__x86_64__) || defined(_M_X64)
 Kernels avx2_kernels();
 Kernels avx512_kernels();
