@@ -110,9 +110,10 @@ def test_activations_fixed_point_cannot_hold_take_the_float_kernels(isa):
 
 
 @pytest.mark.parametrize("n", [1, 3, 40])  # 40 > SMALL_N: the tiled GEMM path
-def test_bf16_linear_matches_float64(isa, n):
-    w = torch.randn(77, 200).bfloat16()
-    x = torch.randn(n, 200)
+@pytest.mark.parametrize("cols", [200, 48, 2880])  # one token: pairs of bf16 per lane where 16 or 32 divide the width
+def test_bf16_linear_matches_float64(isa, n, cols):
+    w = torch.randn(77, cols).bfloat16()
+    x = torch.randn(n, cols)
     bias = torch.randn(77)
     want = x.double() @ w.double().T + bias.double()
     got = OPS.bf16_linear(x, w, bias, modules.SMALL_N)

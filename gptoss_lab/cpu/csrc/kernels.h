@@ -100,6 +100,10 @@ inline void by_fixed_rows(const uint8_t* xq, int64_t n, int64_t K, const uint8_t
     for (; r < r1; ++r) run(t, r, std::integral_constant<int, 1>{});
   }
 }
+// One token's K floats for the bf16 kernels that read a row's bf16 pairs as 32-bit lanes: each block of
+// 2 * lanes columns as its `lanes` even-indexed values, then its odd-indexed ones (K a multiple of 2 * lanes).
+// Written into this thread's buffer, which it returns.
+const float* split_pairs(const float* x, int64_t K, int lanes);
 // False (out unspecified) if a group's largest magnitude is not finite or below 1e-30 (whose steps would
 // lose precision in float32): the caller then uses the split-float kernels for these tokens.
 bool quantize_fixed(const float* x, int64_t K, uint8_t* out);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "kernels.h"
 
@@ -45,6 +46,17 @@ bool quantize_fixed(const float* x, int64_t K, uint8_t* out) {
     for (int d = 0; d < 4; ++d) std::memcpy(sb + 448 + (lane0 + d) * 4, &step, 4);
   }
   return true;
+}
+
+const float* split_pairs(const float* x, int64_t K, int lanes) {
+  thread_local std::vector<float> buf;
+  buf.resize(K);
+  for (int64_t b = 0; b < K; b += 2 * lanes)
+    for (int j = 0; j < lanes; ++j) {
+      buf[b + j] = x[b + 2 * j];
+      buf[b + lanes + j] = x[b + 2 * j + 1];
+    }
+  return buf.data();
 }
 
 const float* e8m0_table() {
