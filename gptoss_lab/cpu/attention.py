@@ -43,16 +43,16 @@ def attention(
     window = getattr(module, "sliding_window", None) if attention_mask is not None else None
     chunk = max(1, SCORE_BYTES // (B * H * (min(k, q + (window or k)) + 1) * query.element_size()))
     if q == 1 and query.dtype == key.dtype == value.dtype == torch.float32 and (ops := _ops()) is not None:
-        start = _first_key(k - 1, window)
+        start = first_key(k - 1, window)
         flat = None if attention_mask is None else attention_mask[:, 0, 0, :k]
         out, probs = ops.decode_attention(query, key, value, flat, module.sinks, scaling, start)
         return out, probs
     if q <= chunk:
-        return _attend(module, query, key, value, attention_mask, scaling, _first_key(k - q, window))
+        return _attend(module, query, key, value, attention_mask, scaling, first_key(k - q, window))
     outs = []
     for s in range(0, q, chunk):
         mask = attention_mask[:, :, s:s + chunk] if attention_mask is not None else None
-        outs.append(_attend(module, query[:, :, s:s + chunk], key, value, mask, scaling, _first_key(k - q + s, window))[0])
+        outs.append(_attend(module, query[:, :, s:s + chunk], key, value, mask, scaling, first_key(k - q + s, window))[0])
     return torch.cat(outs, dim=1), None
 
 
@@ -62,7 +62,7 @@ def _ops() -> Any:
     return ops()
 
 
-def _first_key(first_query: int, window: int | None) -> int:
+def first_key(first_query: int, window: int | None) -> int:
     """The first key a query at position ``first_query`` (or later) can see: 0 without a window."""
     return max(0, first_query - window) if window else 0
 

@@ -32,7 +32,7 @@ def key() -> str:
     import torch
 
     h = hashlib.sha256()
-    for name in SOURCES + ("kernels.h",):
+    for name in SOURCES + ("kernels.h", "ops.h"):
         h.update((CSRC / name).read_bytes())
     h.update(" ".join(CFLAGS + OPENMP).encode())
     return f"torch{torch.__version__.replace('+', '_')}-py{sys.version_info[0]}{sys.version_info[1]}-{h.hexdigest()[:12]}"

@@ -16,6 +16,8 @@
 #include <vector>
 #include <algorithm>
 
+#include "ops.h"
+
 #if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(_M_X64)) && defined(__linux__)
 #define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
@@ -68,6 +70,7 @@ inline v8 vmax(v8 a, v8 b) { return a > b ? a : b; }
 // Both passes ask for their rows ahead (keys two steps on, values a block on) into L2: the hardware prefetcher
 // alone left each pass waiting on memory at every new line (4k tokens, 2 AVX-512 cores: 1.6 -> 1.0 ms a layer).
 constexpr int64_t kKeyBlock = 64;  // keys whose values (64 x D floats: 16 KB at D = 64) one pass of PV keeps in L1
+constexpr int64_t kKeyAhead = 16;  // how far ahead (keys) the scores pass asks for its key rows: two steps
 
 CLONES void attend_group(const float* q, int64_t rep, int64_t D, const float* k, const float* v, int64_t ldkv,
                          int64_t n, const float* mask, const float* sinks, float scaling, float* probs, int64_t ldp,
@@ -82,9 +85,9 @@ CLONES void attend_group(const float* q, int64_t rep, int64_t D, const float* k,
     int64_t t = 0;
     for (; t + 8 <= n; t += 8) {  // eight keys at a time: eight FMA chains in flight
       const float* kt = k + t * ldkv;
-      if (t + 16 < n)  // the keys two steps on, a line per 16 floats
+      if (t + kKeyAhead + 8 <= n)  // a line per 16 floats
         for (int j = 0; j < 8; ++j)
-          for (int64_t d = 0; d < D; d += 16) __builtin_prefetch(kt + (16 + j) * ldkv + d, 0, 2);
+          for (int64_t d = 0; d < D; d += 16) __builtin_prefetch(kt + (kKeyAhead + j) * ldkv + d, 0, 2);
       v8 a[8] = {};
       for (int64_t d = 0; d < D; ++d) {
         const v8 c = ld(Q + d * 8);
@@ -115,7 +118,7 @@ CLONES void attend_group(const float* q, int64_t rep, int64_t D, const float* k,
     }
     const v8 inv = 1.0f / (sum + exp_nonpositive(sink - m));
     for (t = 0; t < n; ++t) st8(S + t * 8, ld(S + t * 8) * inv);
-    for (int64_t r = 0; r < lanes; ++r) {
+    for (int64_t r = 0; r < lanes && probs; ++r) {
       float* p = probs + (r0 + r) * ldp;
       for (t = 0; t < n; ++t) p[t] = S[t * 8 + r];
     }
@@ -156,7 +159,8 @@ CLONES void attend_group(const float* q, int64_t rep, int64_t D, const float* k,
 // Returns out (B, 1, H, D) and the weights (B, H, 1, k), zero before start, as eager returns them.
 std::tuple<at::Tensor, at::Tensor> decode_attention(const at::Tensor& query, const at::Tensor& key,
                                                     const at::Tensor& value, const c10::optional<at::Tensor>& mask,
-                                                    const at::Tensor& sinks, double scaling, int64_t start) {
+                                                    const at::Tensor& sinks, double scaling, int64_t start,
+                                                    bool with_weights) {
   TORCH_CHECK(query.dim() == 4 && query.size(2) == 1, "decode_attention takes one query token");
   TORCH_CHECK(query.scalar_type() == at::kFloat && key.scalar_type() == at::kFloat && value.scalar_type() == at::kFloat,
               "decode_attention takes float32");
@@ -175,14 +179,14 @@ std::tuple<at::Tensor, at::Tensor> decode_attention(const at::Tensor& query, con
     TORCH_CHECK(m.dim() == 2 && m.size(0) == B && m.size(1) == k, "mask must be (B, k)");
   }
   const int64_t rep = H / KV, n = k - start;
-  auto probs = at::zeros({B, H, 1, k}, at::kFloat);
+  auto probs = with_weights ? at::zeros({B, H, 1, k}, at::kFloat) : at::Tensor();
   auto out = at::empty({B, 1, H, D}, at::kFloat);
   const float* qp = q.data_ptr<float>();
   const float* kp = key.data_ptr<float>();
   const float* vp = value.data_ptr<float>();
   const float* mp = m.defined() ? m.data_ptr<float>() : nullptr;
   const float* sp = s.data_ptr<float>();
-  float* pp = probs.data_ptr<float>();
+  float* pp = with_weights ? probs.data_ptr<float>() : nullptr;
   float* op = out.data_ptr<float>();
   const int64_t sb = key.stride(0), sh = key.stride(1), ldkv = key.stride(2);
   at::parallel_for(0, B * KV, 1, [&](int64_t b0, int64_t b1) {
@@ -190,7 +194,8 @@ std::tuple<at::Tensor, at::Tensor> decode_attention(const at::Tensor& query, con
       const int64_t b = i / KV, g = i % KV;
       attend_group(qp + (b * H + g * rep) * D, rep, D, kp + b * sb + g * sh + start * ldkv,
                    vp + b * sb + g * sh + start * ldkv, ldkv, n, mp ? mp + b * k + start : nullptr, sp + g * rep,
-                   static_cast<float>(scaling), pp + (b * H + g * rep) * k + start, k, op + (b * H + g * rep) * D);
+                   static_cast<float>(scaling), pp ? pp + (b * H + g * rep) * k + start : nullptr, k,
+                   op + (b * H + g * rep) * D);
     }
   });
   return {out, probs};

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "kernels.h"
+#include "ops.h"
 
 #if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(_M_X64)) && defined(__linux__)
 #define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -184,6 +185,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> qkv_rope(const at::Tensor& x, con
       }
   }
   return {q, k, v};
+}
+
+// A decoder layer for one token, in two calls around the cache's update (GptOssDecoderLayer's steps, in
+// transformers' order): decode_layer_qkv is the input norm and the projections with the rotary
+// embedding; decode_layer_rest the attention over the updated cache (keys from `start`), o_proj, the
+// residual, the second norm, the router, the experts and the residual. hidden: (1, 1, H).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> decode_layer_qkv(const at::Tensor& hidden, const at::Tensor& norm,
+                                                                double eps, const at::Tensor& wq, const at::Tensor& bq,
+                                                                const at::Tensor& wk, const at::Tensor& bk,
+                                                                const at::Tensor& wv, const at::Tensor& bv,
+                                                                const at::Tensor& cos, const at::Tensor& sin,
+                                                                int64_t head_dim) {
+  return qkv_rope(rms_norm(hidden.reshape({1, -1}), norm, eps), wq, bq, wk, bk, wv, bv, cos, sin, head_dim);
+}
+
+at::Tensor decode_layer_rest(const at::Tensor& hidden, const at::Tensor& q, const at::Tensor& key, const at::Tensor& value,
+                             const c10::optional<at::Tensor>& mask, const at::Tensor& sinks, double scaling,
+                             int64_t start, const at::Tensor& wo, const at::Tensor& bo, const at::Tensor& norm,
+                             double eps, const at::Tensor& router_w, const at::Tensor& router_b, int64_t top_k,
+                             const at::Tensor& gu_blocks, const at::Tensor& gu_scales, const at::Tensor& gu_bias,
+                             const at::Tensor& dn_blocks, const at::Tensor& dn_scales, const at::Tensor& dn_bias,
+                             double alpha, double limit) {
+  const auto attn = std::get<0>(decode_attention(q, key, value, mask, sinks, scaling, start, false));  // (1, 1, heads, D)
+  const auto h = hidden.reshape({1, -1}) + bf16_linear(attn.reshape({1, -1}), wo, bo, 32);  // residual + attention
+  const auto x = rms_norm(h, norm, eps);
+  const auto routed = router(x, router_w, router_b, top_k);
+  const auto moe = moe_forward(x, std::get<2>(routed), std::get<1>(routed), gu_blocks, gu_scales, gu_bias, dn_blocks,
+                               dn_scales, dn_bias, alpha, limit, 32);
+  return (h + moe).reshape(hidden.sizes());
 }
 
 }  // namespace gptoss_cpu

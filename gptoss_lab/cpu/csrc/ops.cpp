@@ -18,19 +18,9 @@
 #include <vector>
 
 #include "kernels.h"
+#include "ops.h"
 
 namespace gptoss_cpu {
-
-std::tuple<at::Tensor, at::Tensor> decode_attention(const at::Tensor& query, const at::Tensor& key,
-                                                    const at::Tensor& value, const c10::optional<at::Tensor>& mask,
-                                                    const at::Tensor& sinks, double scaling, int64_t start);
-at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
-std::tuple<at::Tensor, at::Tensor, at::Tensor> router(const at::Tensor& x, const at::Tensor& weight,
-                                                      const at::Tensor& bias, int64_t k);
-std::tuple<at::Tensor, at::Tensor, at::Tensor> qkv_rope(const at::Tensor& x, const at::Tensor& wq, const at::Tensor& bq,
-                                                        const at::Tensor& wk, const at::Tensor& bk, const at::Tensor& wv,
-                                                        const at::Tensor& bv, const at::Tensor& cos, const at::Tensor& sin,
-                                                        int64_t head_dim);
 
 namespace {
 
@@ -175,8 +165,8 @@ at::Tensor mxfp4_dequantize(const at::Tensor& blocks, const at::Tensor& scales) 
   return dequantize_rows(blocks.data_ptr<uint8_t>(), scales.data_ptr<uint8_t>(), M, K);
 }
 
-at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias,
-                       int64_t small_n) {
+at::Tensor bf16_linear_rows(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias,
+                            int64_t small_n) {
   check_x(x);
   TORCH_CHECK(w.scalar_type() == at::kBFloat16 && w.is_contiguous() && w.dim() == 2, "w must be contiguous bf16 (M, K)");
   const int64_t n = x.size(0), K = x.size(1), M = w.size(0);
@@ -216,7 +206,7 @@ void swiglu_row(const float* gate_up, const float* bias, int64_t I, double alpha
 // Experts with few tokens (decode, short continuations) run packed; all of them in one pass over the
 // thread pool per projection. Experts with more than small_n tokens (a prefill) are dequantized one at
 // a time and go through torch's GEMM: the prompt's tokens are grouped by expert, never one mat-vec each.
-at::Tensor moe_forward(const at::Tensor& x, const at::Tensor& idx, const at::Tensor& weights,
+at::Tensor experts_forward(const at::Tensor& x, const at::Tensor& idx, const at::Tensor& weights,
                        const at::Tensor& gu_blocks, const at::Tensor& gu_scales, const at::Tensor& gu_bias,
                        const at::Tensor& dn_blocks, const at::Tensor& dn_scales, const at::Tensor& dn_bias,
                        double alpha, double limit, int64_t small_n) {
@@ -333,6 +323,18 @@ at::Tensor moe_forward(const at::Tensor& x, const at::Tensor& idx, const at::Ten
 
 const Kernels& active_kernels() { return active(); }
 
+at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias, int64_t small_n) {
+  return bf16_linear_rows(x, w, bias, small_n);
+}
+
+at::Tensor moe_forward(const at::Tensor& x, const at::Tensor& idx, const at::Tensor& weights,
+                       const at::Tensor& gu_blocks, const at::Tensor& gu_scales, const at::Tensor& gu_bias,
+                       const at::Tensor& dn_blocks, const at::Tensor& dn_scales, const at::Tensor& dn_bias,
+                       double alpha, double limit, int64_t small_n) {
+  return experts_forward(x, idx, weights, gu_blocks, gu_scales, gu_bias, dn_blocks, dn_scales, dn_bias, alpha, limit,
+                         small_n);
+}
+
 }  // namespace gptoss_cpu
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -354,7 +356,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("dn_scales"), py::arg("dn_bias"), py::arg("alpha"), py::arg("limit"), py::arg("small_n") = 32);
   m.def("decode_attention", &decode_attention, "one query token's attention with sinks: (out (B,1,H,D), weights (B,H,1,k))",
         py::arg("query"), py::arg("key"), py::arg("value"), py::arg("mask"), py::arg("sinks"), py::arg("scaling"),
-        py::arg("start") = 0);
+        py::arg("start") = 0, py::arg("with_weights") = true);
+  m.def("decode_layer_qkv", &decode_layer_qkv, "a decoder layer for one token, up to the cache: (q, k, v)");
+  m.def("decode_layer_rest", &decode_layer_rest, "a decoder layer for one token, from the updated cache: hidden");
   m.def("rms_norm", &rms_norm, "gpt-oss's RMSNorm of float32 rows", py::arg("x"), py::arg("weight"), py::arg("eps"));
   m.def("router", &router, "gpt-oss's router: (logits, top-k softmax scores, top-k indices)", py::arg("x"),
         py::arg("weight"), py::arg("bias"), py::arg("k"));
