@@ -115,7 +115,7 @@ Prepared prepare(const float* x, int64_t n, int64_t K) {
     const int64_t stride = fixed_bytes(K);
     auto buf = at::empty({n, stride}, at::kByte);
     std::atomic<bool> ok{true};
-    at::parallel_for(0, n, 16, [&](int64_t b, int64_t e) {
+    at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {  // a few tokens already fill the threads (~8 us each)
       for (int64_t t = b; t < e && ok; ++t)
         if (!quantize_fixed(x + t * K, K, buf.data_ptr<uint8_t>() + t * stride)) ok = false;
     });
@@ -258,10 +258,23 @@ at::Tensor experts_forward(const at::Tensor& x, const at::Tensor& idx, const at:
     std::vector<int64_t> first(small.size() + 1, 0);  // token offset of each expert in the gathered batch
     for (size_t a = 0; a < small.size(); ++a) first[a + 1] = first[a] + tokens[small[a]].size();
     const int64_t n = first.back();
-    auto xg = at::empty({n, H}, at::kFloat);
+    // The experts' inputs, prepared once per distinct token (a decoded token goes to all its k experts)
+    // and their prepared rows gathered in expert order.
+    std::vector<int64_t> token_of(n), distinct;
     for (size_t a = 0; a < small.size(); ++a)
-      for (size_t j = 0; j < tokens[small[a]].size(); ++j)
-        std::copy_n(xp + (tokens[small[a]][j] / k) * H, H, xg.data_ptr<float>() + (first[a] + j) * H);
+      for (size_t j = 0; j < tokens[small[a]].size(); ++j) token_of[first[a] + j] = tokens[small[a]][j] / k;
+    distinct = token_of;
+    std::sort(distinct.begin(), distinct.end());
+    distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
+    auto xd = at::empty({static_cast<int64_t>(distinct.size()), H}, at::kFloat);
+    for (size_t u = 0; u < distinct.size(); ++u) std::copy_n(xp + distinct[u] * H, H, xd.data_ptr<float>() + u * H);
+    const Prepared once = prepare(xd.data_ptr<float>(), distinct.size(), H);
+    const int64_t row_bytes = once.data.numel() / static_cast<int64_t>(distinct.size());
+    Prepared xg{at::empty({n, row_bytes}, at::kByte), once.fixed, H};
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t u = std::lower_bound(distinct.begin(), distinct.end(), token_of[j]) - distinct.begin();
+      std::copy_n(once.token(u), row_bytes, xg.data.data_ptr<uint8_t>() + j * row_bytes);
+    }
     auto gate_up = at::empty({n, I2}, at::kFloat);
     auto act = at::empty({n, I}, at::kFloat);
     auto down = at::empty({n, H}, at::kFloat);
@@ -278,7 +291,7 @@ at::Tensor experts_forward(const at::Tensor& x, const at::Tensor& idx, const at:
         }
       });
     };
-    run_rows(I2, H, prepare(xg.data_ptr<float>(), n, H), gbp, gsp, gate_up.data_ptr<float>());
+    run_rows(I2, H, xg, gbp, gsp, gate_up.data_ptr<float>());
     const float* gp = gate_up.data_ptr<float>();
     float* ap = act.data_ptr<float>();
     at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
