@@ -12,7 +12,9 @@ We wrote the kernels (``csrc/``) because no maintained library has them: transfo
 route needs triton, the hub's megablocks build and AVX-512-BF16; torchao's int4 is affine (lossy for
 e2m1); llama.cpp's dot products round the activations to 8 bits and live outside the model. The
 engine plugs into transformers' ``GptOssForCausalLM`` by swapping modules (``modules.py``), so the
-model's hooks, caches and attention are transformers' own.
+model's hooks, caches and attention are transformers' own. Its norms, routers, attention and decoder
+layers become subclasses of transformers' own (``layers.py``) whose forward runs a decoded token in fewer
+calls into the extension (a whole decoder layer in two, where no hook would see the difference).
 """
 
 from __future__ import annotations

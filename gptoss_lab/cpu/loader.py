@@ -196,5 +196,5 @@ def load_model(folder: str | Path, ops: Any, *, attn_implementation: str = "eage
             f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})", model=str(folder))
     from .layers import swap
 
-    swap(model, ops)  # the norms, routers and attention's projections of a decoded token in one call each
+    swap(model, ops)  # a decoded token's norms, routers, attention and decoder layers in fewer calls
     return model.eval()
