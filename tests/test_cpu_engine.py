@@ -110,7 +110,7 @@ def test_activations_fixed_point_cannot_hold_take_the_float_kernels(isa):
 
 
 @pytest.mark.parametrize("n", [1, 3, 40])  # 40 > SMALL_N: the tiled GEMM path
-@pytest.mark.parametrize("cols", [200, 48, 2880])  # one token: pairs of bf16 per lane where 16 or 32 divide the width
+@pytest.mark.parametrize("cols", [200, 48, 96, 2880])  # one token: pairs of bf16 per lane where 16 or 32 divide it
 def test_bf16_linear_matches_float64(isa, n, cols):
     w = torch.randn(77, cols).bfloat16()
     x = torch.randn(n, cols)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gptoss_lab.backends.tiny import tiny_config, write_random_checkpoint
 from gptoss_lab.backends.transformers_backend import load
 from gptoss_lab.cpu import build, layers
 
@@ -37,53 +38,60 @@ def set_ops(model, ops) -> None:
             module.ops = ops
 
 
-def next_logits(m, prompt):
-    """Logits after the prompt, its last token fed alone on top of the cached rest (a decoded token)."""
-    m.reset()
-    m.prefill(prompt[:-1])
-    return m.prefill(prompt)
+def next_logits(m, prompt, ops, last=None):
+    """Logits after the prompt, its last token fed alone on top of the cached rest (a decoded token), with the
+    fused modules on ``ops`` (``None``: transformers' forward throughout) and on ``last`` for that token."""
+    set_ops(m.model, ops)
+    try:
+        m.reset()
+        m.prefill(prompt[:-1])
+        set_ops(m.model, last or ops)
+        return m.prefill(prompt).clone()
+    finally:
+        set_ops(m.model, OPS)
+
+
+def assert_close(a, b, tol=1e-5):
+    scale = float(b.abs().max())
+    assert float((a - b).abs().max()) <= tol * scale and int(a.argmax()) == int(b.argmax())
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    m = load("tiny")  # bf16 dense weights, as gpt-oss's own checkpoints
+def tiny(tmp_path_factory):
+    # bf16 dense weights as gpt-oss's own checkpoints; a sliding window of 4 keys, so that the prompt goes past it
+    folder = write_random_checkpoint(tmp_path_factory.mktemp("tiny") / "w4", tiny_config(sliding_window=4), seed=3)
+    m = load(str(folder))
     assert all(type(layer) is layers.FusedDecoderLayer for layer in m.model.model.layers)
+    assert m.model.config.layer_types[0] == "sliding_attention"
     return m
 
 
 def test_a_decoded_token_takes_two_calls_a_layer_with_transformers_result(tiny):
     counting = Counting(OPS)
-    set_ops(tiny.model, counting)
-    try:
-        fused = next_logits(tiny, PROMPT).clone()
-    finally:
-        set_ops(tiny.model, OPS)
+    fused = next_logits(tiny, PROMPT, OPS, last=counting)
     n = len(tiny.model.model.layers)
     assert counting.calls.get("decode_layer_qkv") == n and counting.calls.get("decode_layer_rest") == n
-    set_ops(tiny.model, None)  # transformers' modules' own forward, every op a torch op
+    assert_close(fused, next_logits(tiny, PROMPT, None))
+
+
+def test_where_a_layer_falls_back_its_parts_still_run_fused(tiny):
+    hook = tiny.model.model.layers[1].mlp.register_forward_hook(lambda *a: None)  # layer 1 takes transformers' forward
+    counting = Counting(OPS)
     try:
-        plain = next_logits(tiny, PROMPT)
+        fused = next_logits(tiny, PROMPT, OPS, last=counting)
     finally:
-        set_ops(tiny.model, OPS)
-    scale = float(plain.abs().max())
-    assert float((fused - plain).abs().max()) <= 1e-5 * scale
-    assert int(fused.argmax()) == int(plain.argmax())
+        hook.remove()
+    assert counting.calls.get("decode_layer_rest") == 1  # layer 0
+    assert counting.calls.get("qkv_rope") == 1 and counting.calls.get("router") == 1
+    assert counting.calls.get("rms_norm") == 3  # layer 1's two, and the model's last
+    assert_close(fused, next_logits(tiny, PROMPT, None))
 
 
-def test_the_small_fused_ops_equal_transformers_modules(tiny):
-    layer = tiny.model.model.layers[1]
-    x = torch.randn(1, 1, layer.hidden_size)
-    norm, router = layer.input_layernorm, layer.mlp.router
-    want_norm = super(layers.FusedRMSNorm, norm).forward(x)
-    assert torch.allclose(norm(x), want_norm, rtol=1e-6, atol=1e-6)
-    got, want = router(x.reshape(1, -1)), super(layers.FusedRouter, router).forward(x.reshape(1, -1))
-    assert torch.allclose(got[0], want[0], rtol=1e-5, atol=1e-6)
-    assert torch.equal(got[2], want[2]) and torch.allclose(got[1], want[1], rtol=1e-5)
-
-
-def test_a_hook_on_a_layers_part_sees_every_decoded_token(tiny):
-    seen: list[torch.Tensor] = []
-    hook = tiny.model.model.layers[0].mlp.router.register_forward_hook(lambda mod, args, out: seen.append(out[2]))
+@pytest.mark.parametrize("part", ["mlp.router", "self_attn.q_proj", "self_attn.v_proj", "mlp.experts", "self_attn"])
+def test_a_hook_on_a_layers_part_sees_every_decoded_token(tiny, part):
+    seen: list[int] = []  # a mark per call
+    module = tiny.model.model.layers[0].get_submodule(part)
+    hook = module.register_forward_hook(lambda mod, args, out: seen.append(1))  # self_attn takes keyword arguments
     counting = Counting(OPS)
     set_ops(tiny.model, counting)
     tiny.reset()  # the whole prompt prefilled (several tokens: transformers' forward), then tokens one by one
@@ -92,18 +100,39 @@ def test_a_hook_on_a_layers_part_sees_every_decoded_token(tiny):
     finally:
         hook.remove()
         set_ops(tiny.model, OPS)
-    assert len(seen) == 1 + len(steps) - 1  # the prompt, then each token fed back (the last is never fed)
-    assert counting.calls.get("decode_layer_rest", 0) == (len(steps) - 1) * (len(tiny.model.model.layers) - 1)
-    with_fusion = [s.token for s in tiny.stream(PROMPT, max_tokens=4, temperature=0)]
-    assert with_fusion == [s.token for s in steps]
+    fed = len(steps) - 1  # the last token is never fed
+    assert len(seen) == 1 + fed
+    assert counting.calls.get("decode_layer_rest", 0) == fed * (len(tiny.model.model.layers) - 1)
+    tiny.reset()
+    assert [s.token for s in tiny.stream(PROMPT, max_tokens=4, temperature=0)] == [s.token for s in steps]
 
 
 def test_recorded_outputs_come_from_the_modules(tiny):
     ids = torch.tensor([PROMPT[:1]])
-    with torch.inference_mode():
-        out = tiny.model(input_ids=ids, output_attentions=True, output_router_logits=True, output_hidden_states=True)
+
+    def run(ops, **flags):
+        set_ops(tiny.model, ops)
+        try:
+            with torch.inference_mode():
+                return tiny.model(input_ids=ids, **flags)
+        finally:
+            set_ops(tiny.model, OPS)
+
+    flags = dict(output_attentions=True, output_router_logits=True, output_hidden_states=True)
+    fused, plain = run(OPS, **flags), run(None, **flags)
     n = len(tiny.model.model.layers)
-    assert len(out.attentions) == n and len(out.router_logits) == n and len(out.hidden_states) == n + 1
-    with torch.inference_mode():
-        plain = tiny.model(input_ids=ids, output_hidden_states=True)  # the fused path: a layer's output recorded too
-    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(out.hidden_states, plain.hidden_states))
+    assert len(fused.attentions) == n and len(fused.router_logits) == n and len(fused.hidden_states) == n + 1
+    for name in ("attentions", "router_logits", "hidden_states"):
+        assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(getattr(fused, name), getattr(plain, name)))
+    only_states = run(OPS, output_hidden_states=True)  # the layers fused: a layer's own output is recorded still
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(only_states.hidden_states, plain.hidden_states))
+
+
+def test_the_small_fused_ops_equal_transformers_modules(tiny):
+    layer = tiny.model.model.layers[1]
+    x = torch.randn(3, layer.hidden_size)
+    norm, router = layer.input_layernorm, layer.mlp.router
+    assert torch.allclose(norm(x), super(layers.FusedRMSNorm, norm).forward(x), rtol=1e-6, atol=1e-6)
+    got, want = router(x), super(layers.FusedRouter, router).forward(x)
+    assert torch.allclose(got[0], want[0], rtol=1e-5, atol=1e-6)
+    assert torch.equal(got[2], want[2]) and torch.allclose(got[1], want[1], rtol=1e-5)

@@ -1,15 +1,17 @@
-"""A decoded token's small layers in one call each: transformers' gpt-oss modules with a shorter forward.
+"""A decoded token's layers in fewer calls: transformers' gpt-oss modules with a shorter forward.
 
 On a CPU, a decoded 20b token spent ~20 ms of its ~120 ms outside the weight-reading kernels, in a dozen
 torch ops a layer around the norms, the router and the attention's projections (each op a dispatch and
-an allocation; the token's 3.7 GB stream has evicted whatever they touched). These classes are
-subclasses of transformers' own ``GptOssRMSNorm``, ``GptOssTopKRouter`` and ``GptOssAttention``, swapped
-in by class (``swap``), so weights, hooks, ``isinstance`` and transformers' output recording behave as
-for the originals. For a few float32 tokens (a decoded token, a short continuation) their forward calls
-the extension's fused op (``csrc/layers.cpp``: the same float32 arithmetic in one call); otherwise (a
-prefill, another dtype, ``ops`` set to ``None``) it is transformers' forward.
+an allocation; the token's 3.7 GB stream has evicted whatever they touched), and then ~14 ms in the
+Python between the ops. These classes are subclasses of transformers' own ``GptOssRMSNorm``,
+``GptOssTopKRouter``, ``GptOssAttention`` and ``GptOssDecoderLayer``, swapped in by class (``swap``), so
+weights, ``isinstance`` and transformers' output recording behave as for the originals. For a few float32
+tokens (a decoded token, a short continuation) their forward calls the extension's fused ops
+(``csrc/layers.cpp``: the same float32 arithmetic), and a decoder layer runs a decoded token in two calls;
+a module with a hook of its own is always called as a module (a layer whose part has one, or whose
+outputs transformers is recording, takes transformers' forward), so every hook sees every token.
+Otherwise (a prefill, another dtype, training, ``ops`` set to ``None``) it is transformers' forward.
 """
-
 from __future__ import annotations
 
 from typing import Any
@@ -32,10 +34,13 @@ from .modules import SMALL_N, DenseLinear, PackedExperts
 
 
 def _few(x: torch.Tensor) -> bool:
+    """A few float32 tokens on the CPU: what the fused ops take (more go to transformers' batched torch ops)."""
     return x.dtype == torch.float32 and x.device.type == "cpu" and x.numel() // x.shape[-1] <= SMALL_N
 
 
 class FusedRMSNorm(GptOssRMSNorm):
+    """gpt-oss's RMSNorm; a few float32 tokens in one call (``rms_norm``)."""
+
     ops: Any = None
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -45,6 +50,8 @@ class FusedRMSNorm(GptOssRMSNorm):
 
 
 class FusedRouter(GptOssTopKRouter):
+    """gpt-oss's router: (logits, top-k scores, top-k indices); a few float32 tokens in one call (``router``)."""
+
     ops: Any = None
 
     def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -60,9 +67,10 @@ class FusedAttention(GptOssAttention):
     ops: Any = None
 
     def _fusable(self, hidden_states: torch.Tensor) -> bool:
-        projections = (self.q_proj, self.k_proj, self.v_proj)
-        return (self.ops is not None and hidden_states.dim() == 3 and hidden_states.shape[0] == 1 and _few(hidden_states)
-                and all(isinstance(p, DenseLinear) and p.packed and p.bias is not None for p in projections))
+        projections = (self.q_proj, self.k_proj, self.v_proj)  # called as modules otherwise: their hooks must fire
+        return (self.ops is not None and not self.training and hidden_states.dim() == 3 and hidden_states.shape[0] == 1
+                and _few(hidden_states) and not _global_hooks()
+                and all(type(p) is DenseLinear and p.packed and p.bias is not None and not _hooked(p) for p in projections))
 
     def forward(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
                 attention_mask: torch.Tensor | None, past_key_values: Any = None, **kwargs: Any) -> tuple[torch.Tensor, Any]:
@@ -79,7 +87,7 @@ class FusedAttention(GptOssAttention):
         if past_key_values is not None:
             k, v = past_key_values.update(k, v, self.layer_idx)
         attend = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
-        out, weights = attend(self, q, k, v, attention_mask, dropout=0.0, scaling=self.scaling,
+        out, weights = attend(self, q, k, v, attention_mask, dropout=0.0, scaling=self.scaling,  # not training
                               sliding_window=self.sliding_window, s_aux=self.sinks, **kwargs)
         return self.o_proj(out.reshape(*input_shape, -1).contiguous()), weights
 
@@ -103,10 +111,12 @@ class FusedDecoderLayer(GptOssDecoderLayer):
                 mods["post_attention_layernorm"], mlp, m["router"], m["experts"])
 
     def _fusable(self, hidden_states: torch.Tensor, past_key_values: Any, parts: tuple[Any, ...]) -> bool:
-        norm1, attn, q, k, v, o, norm2, mlp, router, experts = parts
-        if (self.ops is None or past_key_values is None or hidden_states.shape[:-1] != (1, 1)
+        _, attn, q, k, v, o, _, _, router, experts = parts
+        if (self.ops is None or self.training or past_key_values is None or hidden_states.shape[:-1] != (1, 1)
                 or hidden_states.dtype != torch.float32 or hidden_states.device.type != "cpu"
+                or not hidden_states.is_contiguous()
                 or type(attn) is not FusedAttention or type(experts) is not PackedExperts or experts.ops is None
+                or type(router) is not FusedRouter or router.weight.dtype != torch.float32
                 or not all(type(p) is DenseLinear and p.packed and p._buffers["bias"] is not None for p in (q, k, v, o))
                 or attn.config._attn_implementation != CPU_ATTENTION or _capturing()):
             return False
@@ -120,7 +130,7 @@ class FusedDecoderLayer(GptOssDecoderLayer):
             return super().forward(hidden_states, attention_mask=attention_mask, position_ids=position_ids,
                                    past_key_values=past_key_values, use_cache=use_cache,
                                    position_embeddings=position_embeddings, **kwargs)
-        norm1, attn, q, k, v, o, norm2, mlp, router, e = parts
+        norm1, attn, q, k, v, o, norm2, _, router, e = parts
         cos, sin = position_embeddings  # (1, 1, head_dim / 2)
         qb, kb, vb, ob, eb = q._buffers, k._buffers, v._buffers, o._buffers, e._buffers
         query, key, value = self.ops.decode_layer_qkv(
@@ -155,6 +165,7 @@ def _hooked(module: torch.nn.Module) -> bool:
 
 
 def _global_hooks() -> bool:
+    """Whether hooks registered for every module (``register_module_forward_hook``) are set."""
     return bool(torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks)
 
 
@@ -163,7 +174,9 @@ SWAPS = {GptOssRMSNorm: FusedRMSNorm, GptOssTopKRouter: FusedRouter, GptOssAtten
 
 
 def swap(model: torch.nn.Module, ops: Any) -> None:
-    """Give every norm, router and attention of ``model`` its fused class (in place; nothing is copied)."""
+    """Give every norm, router, attention and decoder layer of ``model`` its fused class (in place; nothing
+    is copied). Their weights and hooks stay as they are; ``module.ops = None`` gives one back its original
+    forward."""
     if ops is None:
         return
     for module in model.modules():

@@ -2,8 +2,9 @@
 
 Only what holds the big weights changes: the experts (``PackedExperts``: MXFP4 as the checkpoint
 stores it), the attention projections and the unembedding (``DenseLinear``: bf16 in memory, float32
-arithmetic) and the embedding (``DenseEmbedding``). Routers, norms and sinks stay transformers' own, in
-float32, so router hooks, attention weights and the KV cache work as they do on every other path.
+arithmetic) and the embedding (``DenseEmbedding``). Routers, norms and sinks keep transformers' float32 weights
+(their classes become ``layers.py``'s subclasses), so router hooks, attention weights and the KV cache
+work as they do on every other path.
 Weights are buffers, not parameters: the model's parameters (and so ``model.dtype``) stay float32.
 """
 

@@ -131,7 +131,8 @@ TARGET_VNNI void fixed_rows(const uint8_t* xq, int64_t K, const uint8_t* b, cons
     // E8M0 -> float: the byte into the exponent field; 0 -> 2^-127, a subnormal (0x00400000)
     const __m512i bits = _mm512_slli_epi32(_mm512_cvtepu8_epi32(scale8), 23);
     const __m512 scale = _mm512_castsi512_ps(_mm512_max_epu32(bits, _mm512_set1_epi32(0x00400000)));
-    acc = _mm512_fmadd_ps(total, _mm512_mul_ps(scale, step), acc);
+    acc = _mm512_fmadd_ps(_mm512_mul_ps(total, step), scale, acc);  // step first: a product of small scale
+                                                                     // and step could be subnormal
   };
   for (int64_t q = 0; q < full; ++q) superblock(q, kSuper);
   if (rest) superblock(full, static_cast<int>(rest));

@@ -136,7 +136,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> qkv_rope(const at::Tensor& x, con
   for (int m = 0; m < 3; ++m) {
     TORCH_CHECK(w[m]->scalar_type() == at::kBFloat16 && w[m]->is_contiguous() && w[m]->size(1) == H,
                 "qkv_rope: weights must be contiguous bf16 (rows, ", H, ")");
-    TORCH_CHECK(bias[m]->scalar_type() == at::kFloat && bias[m]->numel() == w[m]->size(0), "qkv_rope: biases must be float32");
+    TORCH_CHECK(bias[m]->scalar_type() == at::kFloat && bias[m]->is_contiguous() && bias[m]->numel() == w[m]->size(0),
+                "qkv_rope: biases must be contiguous float32");
     TORCH_CHECK(w[m]->size(0) % D == 0, "qkv_rope: rows not a multiple of the head size");
     first[m + 1] = first[m] + w[m]->size(0);
   }
@@ -197,7 +198,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> decode_layer_qkv(const at::Tensor
                                                                 const at::Tensor& wv, const at::Tensor& bv,
                                                                 const at::Tensor& cos, const at::Tensor& sin,
                                                                 int64_t head_dim) {
-  return qkv_rope(rms_norm(hidden.reshape({1, -1}), norm, eps), wq, bq, wk, bk, wv, bv, cos, sin, head_dim);
+  return qkv_rope(rms_norm(hidden.reshape({1, -1}).contiguous(), norm, eps), wq, bq, wk, bk, wv, bv, cos, sin, head_dim);
 }
 
 at::Tensor decode_layer_rest(const at::Tensor& hidden, const at::Tensor& q, const at::Tensor& key, const at::Tensor& value,
@@ -208,11 +209,12 @@ at::Tensor decode_layer_rest(const at::Tensor& hidden, const at::Tensor& q, cons
                              const at::Tensor& dn_blocks, const at::Tensor& dn_scales, const at::Tensor& dn_bias,
                              double alpha, double limit) {
   const auto attn = std::get<0>(decode_attention(q, key, value, mask, sinks, scaling, start, false));  // (1, 1, heads, D)
-  const auto h = hidden.reshape({1, -1}) + bf16_linear(attn.reshape({1, -1}), wo, bo, 32);  // residual + attention
+  constexpr int64_t kOne = 1;  // one token: the few-token paths (packed kernels) of bf16_linear and moe_forward
+  const auto h = hidden.reshape({1, -1}) + bf16_linear(attn.reshape({1, -1}), wo, bo, kOne);  // residual + attention
   const auto x = rms_norm(h, norm, eps);
   const auto routed = router(x, router_w, router_b, top_k);
   const auto moe = moe_forward(x, std::get<2>(routed), std::get<1>(routed), gu_blocks, gu_scales, gu_bias, dn_blocks,
-                               dn_scales, dn_bias, alpha, limit, 32);
+                               dn_scales, dn_bias, alpha, limit, kOne);
   return (h + moe).reshape(hidden.sizes());
 }
 

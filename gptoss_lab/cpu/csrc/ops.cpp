@@ -8,6 +8,7 @@
 //   moe_forward(x, idx, weights, ...)        gpt-oss's expert block for tokens x (T, H) routed to idx (T, k)
 //   decode_attention(q, k, v, mask, sinks, scaling, start)   one token's attention (attention.cpp)
 //   rms_norm, router, qkv_rope               a decoded token's small layers, one call each (layers.cpp)
+//   decode_layer_qkv, decode_layer_rest      a decoded token's decoder layer, before and after the cache (layers.cpp)
 //   set_fixed_point(on)                      the MXFP4 kernels on fixed-point activations (default) or floats
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
@@ -165,8 +166,10 @@ at::Tensor mxfp4_dequantize(const at::Tensor& blocks, const at::Tensor& scales) 
   return dequantize_rows(blocks.data_ptr<uint8_t>(), scales.data_ptr<uint8_t>(), M, K);
 }
 
-at::Tensor bf16_linear_rows(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias,
-                            int64_t small_n) {
+}  // namespace
+
+at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias,
+                       int64_t small_n) {
   check_x(x);
   TORCH_CHECK(w.scalar_type() == at::kBFloat16 && w.is_contiguous() && w.dim() == 2, "w must be contiguous bf16 (M, K)");
   const int64_t n = x.size(0), K = x.size(1), M = w.size(0);
@@ -191,6 +194,8 @@ at::Tensor bf16_linear_rows(const at::Tensor& x, const at::Tensor& w, const c10:
   return out;
 }
 
+namespace {
+
 // gpt-oss's clamped SwiGLU of one token's interleaved (gate, up) pairs plus their bias: 2I -> I values.
 void swiglu_row(const float* gate_up, const float* bias, int64_t I, double alpha, double limit, float* out) {
   const float a = static_cast<float>(alpha), lim = static_cast<float>(limit);
@@ -202,11 +207,13 @@ void swiglu_row(const float* gate_up, const float* bias, int64_t I, double alpha
   }
 }
 
+}  // namespace
+
 // The expert block: for every token, sum over its k experts of weight * down(swiglu(gate_up(x))).
 // Experts with few tokens (decode, short continuations) run packed; all of them in one pass over the
 // thread pool per projection. Experts with more than small_n tokens (a prefill) are dequantized one at
 // a time and go through torch's GEMM: the prompt's tokens are grouped by expert, never one mat-vec each.
-at::Tensor experts_forward(const at::Tensor& x, const at::Tensor& idx, const at::Tensor& weights,
+at::Tensor moe_forward(const at::Tensor& x, const at::Tensor& idx, const at::Tensor& weights,
                        const at::Tensor& gu_blocks, const at::Tensor& gu_scales, const at::Tensor& gu_bias,
                        const at::Tensor& dn_blocks, const at::Tensor& dn_scales, const at::Tensor& dn_bias,
                        double alpha, double limit, int64_t small_n) {
@@ -332,21 +339,7 @@ at::Tensor experts_forward(const at::Tensor& x, const at::Tensor& idx, const at:
   return out;
 }
 
-}  // namespace
-
 const Kernels& active_kernels() { return active(); }
-
-at::Tensor bf16_linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& bias, int64_t small_n) {
-  return bf16_linear_rows(x, w, bias, small_n);
-}
-
-at::Tensor moe_forward(const at::Tensor& x, const at::Tensor& idx, const at::Tensor& weights,
-                       const at::Tensor& gu_blocks, const at::Tensor& gu_scales, const at::Tensor& gu_bias,
-                       const at::Tensor& dn_blocks, const at::Tensor& dn_scales, const at::Tensor& dn_bias,
-                       double alpha, double limit, int64_t small_n) {
-  return experts_forward(x, idx, weights, gu_blocks, gu_scales, gu_bias, dn_blocks, dn_scales, dn_bias, alpha, limit,
-                         small_n);
-}
 
 }  // namespace gptoss_cpu
 
