@@ -16,13 +16,8 @@
 #include <vector>
 #include <algorithm>
 
+#include "kernels.h"
 #include "ops.h"
-
-#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(_M_X64)) && defined(__linux__)
-#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define CLONES
-#endif
 
 namespace gptoss_cpu {
 namespace {

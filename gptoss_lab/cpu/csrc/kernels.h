@@ -19,6 +19,14 @@
 #include <cstdint>
 #include <type_traits>
 
+// Portable loops (attention.cpp, layers.cpp) compiled once per x86-64 level and picked when the library
+// loads (GCC on x86-64 Linux; elsewhere the compiler's default target).
+#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(_M_X64)) && defined(__linux__)
+#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define CLONES
+#endif
+
 namespace gptoss_cpu {
 
 constexpr int64_t kBlock = 32;

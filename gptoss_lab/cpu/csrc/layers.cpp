@@ -17,12 +17,6 @@
 #include "kernels.h"
 #include "ops.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && (defined(__x86_64__) || defined(_M_X64)) && defined(__linux__)
-#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define CLONES
-#endif
-
 namespace gptoss_cpu {
 namespace {
 
@@ -40,13 +34,7 @@ CLONES float dot(const float* a, const float* b, int64_t n) {
 }
 
 CLONES void norm_row(const float* x, const float* w, float eps, int64_t H, float* out) {
-  float part[L] = {};
-  int64_t i = 0;
-  for (; i + L <= H; i += L)
-    for (int j = 0; j < L; ++j) part[j] += x[i + j] * x[i + j];
-  float sq = 0.0f;
-  for (int j = 0; j < L; ++j) sq += part[j];
-  for (; i < H; ++i) sq += x[i] * x[i];
+  const float sq = dot(x, x, H);
   const float inv = 1.0f / std::sqrt(sq / static_cast<float>(H) + eps);
   for (int64_t h = 0; h < H; ++h) out[h] = w[h] * (x[h] * inv);
 }
