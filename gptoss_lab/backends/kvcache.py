@@ -30,6 +30,10 @@ class GrowingLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         n = key_states.shape[-2]
         need = self._len + n
+        if self._len and self._k is not None and self._k.shape[:2] != key_states.shape[:2]:
+            # DynamicLayer's torch.cat fails here too; a silent restart would drop the history
+            raise ValueError(f"the cache holds (batch, heads) {tuple(self._k.shape[:2])}, the update has "
+                             f"{tuple(key_states.shape[:2])}: reset the cache before changing the batch")
         if self._k is None or self._v is None or need > self._k.shape[-2] or self._k.shape[:2] != key_states.shape[:2]:
             self._grow(key_states, value_states, need)
         assert self._k is not None and self._v is not None
@@ -44,11 +48,9 @@ class GrowingLayer(DynamicLayer):
         cap = (need // STEP + 1) * STEP
         new_k = k.new_empty(*k.shape[:2], cap, k.shape[-1])
         new_v = v.new_empty(*v.shape[:2], cap, v.shape[-1])
-        if self._k is not None and self._v is not None and self._len and self._k.shape[:2] == k.shape[:2]:
+        if self._k is not None and self._v is not None and self._len:  # the same (batch, heads): update checked
             new_k[:, :, :self._len] = self._k[:, :, :self._len]
             new_v[:, :, :self._len] = self._v[:, :, :self._len]
-        else:
-            self._len = 0
         self._k, self._v = new_k, new_v
 
     def _expose(self) -> tuple[torch.Tensor, torch.Tensor]:
