@@ -12,7 +12,8 @@ The attention weights are returned whenever the queries fit one chunk (every dec
 sinks' share and ``output_attentions`` work as with eager; for a chunked prefill they are ``None``.
 A decoded token (one float32 query) runs the C++ extension's fused ``decode_attention`` when it is
 built (the same math in one pass per key/value head: at 4k tokens a dozen torch ops and a batched
-matmul of 8 rows took 2.8 ms a layer); the torch code below is the reference and the fallback.
+matmul of 8 rows took 2.8 ms a layer), unless autograd records it; the torch code below is the reference,
+the fallback and the differentiable path.
 
 Registered with transformers under ``NAME`` (and eager's mask function), for the models that ask for it.
 """
@@ -23,6 +24,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from .modules import needs_grad
 
 NAME = "gptoss_lab_cpu"
 SCORE_BYTES = 16 * 2**20  # the most one chunk's scores may take (a few copies of it live at once)
@@ -42,7 +45,8 @@ def attention(
     k = key.shape[2]
     window = getattr(module, "sliding_window", None) if attention_mask is not None else None
     chunk = max(1, SCORE_BYTES // (B * H * (min(k, q + (window or k)) + 1) * query.element_size()))
-    if q == 1 and query.dtype == key.dtype == value.dtype == torch.float32 and (ops := _ops()) is not None:
+    if (q == 1 and query.dtype == key.dtype == value.dtype == torch.float32 and (ops := _ops()) is not None
+            and not needs_grad(query, key, value, getattr(module, "sinks", None))):
         start = first_key(k - 1, window)
         flat = None if attention_mask is None else attention_mask[:, 0, 0, :k]
         out, probs = ops.decode_attention(query, key, value, flat, module.sinks, scaling, start)

@@ -10,7 +10,8 @@ tokens (a decoded token, a short continuation) their forward calls the extension
 (``csrc/layers.cpp``: the same float32 arithmetic), and a decoder layer runs a decoded token in two calls;
 a module with a hook of its own is always called as a module (a layer whose part has one, or whose
 outputs transformers is recording, takes transformers' forward), so every hook sees every token.
-Otherwise (a prefill, another dtype, training, ``ops`` set to ``None``) it is transformers' forward.
+Otherwise (a prefill, another dtype, training, autograd recording, ``ops`` set to ``None``) it is
+transformers' forward.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from transformers.utils.output_capturing import _active_collector
 
 from .attention import NAME as CPU_ATTENTION
 from .attention import first_key
-from .modules import SMALL_N, DenseLinear, PackedExperts
+from .modules import SMALL_N, DenseLinear, PackedExperts, needs_grad
 
 
 def _few(x: torch.Tensor) -> bool:
@@ -44,7 +45,7 @@ class FusedRMSNorm(GptOssRMSNorm):
     ops: Any = None
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        if self.ops is None or not _few(hidden_states):
+        if self.ops is None or not _few(hidden_states) or needs_grad(hidden_states, self.weight):
             return super().forward(hidden_states)
         return self.ops.rms_norm(hidden_states.contiguous(), self.weight, self.variance_epsilon)
 
@@ -55,7 +56,7 @@ class FusedRouter(GptOssTopKRouter):
     ops: Any = None
 
     def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if self.ops is None or not _few(hidden_states):
+        if self.ops is None or not _few(hidden_states) or needs_grad(hidden_states, self.weight, self.bias):
             return super().forward(hidden_states)
         return self.ops.router(hidden_states.contiguous(), self.weight, self.bias, self.top_k)
 
@@ -69,7 +70,7 @@ class FusedAttention(GptOssAttention):
     def _fusable(self, hidden_states: torch.Tensor) -> bool:
         projections = (self.q_proj, self.k_proj, self.v_proj)  # called as modules otherwise: their hooks must fire
         return (self.ops is not None and not self.training and hidden_states.dim() == 3 and hidden_states.shape[0] == 1
-                and _few(hidden_states) and not _global_hooks()
+                and _few(hidden_states) and not needs_grad(hidden_states) and not _global_hooks()
                 and all(type(p) is DenseLinear and p.packed and p.bias is not None and not _hooked(p) for p in projections))
 
     def forward(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
@@ -111,14 +112,16 @@ class FusedDecoderLayer(GptOssDecoderLayer):
                 mods["post_attention_layernorm"], mlp, m["router"], m["experts"])
 
     def _fusable(self, hidden_states: torch.Tensor, past_key_values: Any, parts: tuple[Any, ...]) -> bool:
-        _, attn, q, k, v, o, _, _, router, experts = parts
+        norm1, attn, q, k, v, o, norm2, _, router, experts = parts
         if (self.ops is None or self.training or past_key_values is None or hidden_states.shape[:-1] != (1, 1)
                 or hidden_states.dtype != torch.float32 or hidden_states.device.type != "cpu"
                 or not hidden_states.is_contiguous()
                 or type(attn) is not FusedAttention or type(experts) is not PackedExperts or experts.ops is None
                 or type(router) is not FusedRouter or router.weight.dtype != torch.float32
                 or not all(type(p) is DenseLinear and p.packed and p._buffers["bias"] is not None for p in (q, k, v, o))
-                or attn.config._attn_implementation != CPU_ATTENTION or _capturing()):
+                or attn.config._attn_implementation != CPU_ATTENTION or _capturing()
+                or (torch.is_grad_enabled()  # the parameters' lookups only then
+                    and needs_grad(hidden_states, norm1.weight, attn.sinks, norm2.weight, router.weight, router.bias))):
             return False
         return not any(_hooked(m) for m in parts) and not _global_hooks()
 

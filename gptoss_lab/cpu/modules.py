@@ -6,6 +6,9 @@ arithmetic) and the embedding (``DenseEmbedding``). Routers, norms and sinks kee
 (their classes become ``layers.py``'s subclasses), so router hooks, attention weights and the KV cache
 work as they do on every other path.
 Weights are buffers, not parameters: the model's parameters (and so ``model.dtype``) stay float32.
+Gradients reach the activations (a saliency map over the prompt's embeddings, say): where autograd records
+(``needs_grad``), the packed kernels still run forward and their backward recomputes in float32, one
+expert or one tile of a weight at a time, so memory stays near inference's; the weights get none.
 """
 
 from __future__ import annotations
@@ -22,6 +25,13 @@ from ..backends import mxfp4
 # Up to this many tokens per expert (or per linear) run on the packed kernels; more go through torch's GEMM
 # on float32 tiles made on the fly (a prefill is compute-bound, and the GEMM is the fastest there is).
 SMALL_N = 32
+TILE = 4096  # rows of a bf16 weight made float32 at a time, off the kernels' path
+
+
+def needs_grad(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd records an op on these tensors: grad mode on and one of them requires grad. Where it
+    does, the engine takes differentiable paths (the fused ops' outputs would carry no gradient)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 class PackedExperts(nn.Module):
@@ -55,6 +65,8 @@ class PackedExperts(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, router_indices: torch.Tensor, routing_weights: torch.Tensor) -> torch.Tensor:
         x = hidden_states.float().contiguous()  # (T, H)
+        if self.ops is not None and needs_grad(x, routing_weights):
+            return _PackedExpertsFn.apply(x, router_indices, routing_weights, self).to(hidden_states.dtype)
         if self.ops is not None:
             return self.ops.moe_forward(
                 x, router_indices, routing_weights,
@@ -69,16 +81,48 @@ class PackedExperts(nn.Module):
         scales = getattr(self, f"{kind}_scales")[e]
         return mxfp4.dequantize(blocks.reshape(*scales.shape, 16), scales)  # (rows, cols) float32
 
+    def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        """Expert ``e`` on tokens ``x`` (n, H) in float32 torch ops, its weights dequantized: (n, H)."""
+        gate_up = F.linear(x, self._weight("gate_up_proj", e), self.gate_up_proj_bias[e])  # (n, 2I)
+        gate, up = gate_up[..., ::2].clamp(max=self.limit), gate_up[..., 1::2].clamp(-self.limit, self.limit)
+        act = (up + 1) * (gate * torch.sigmoid(gate * self.alpha))
+        return F.linear(act, self._weight("down_proj", e), self.down_proj_bias[e])
+
     def _torch_forward(self, x: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         out = torch.zeros_like(x)
         for e in torch.unique(idx).tolist():
             token, slot = torch.where(idx == e)
-            gate_up = F.linear(x[token], self._weight("gate_up_proj", e), self.gate_up_proj_bias[e])  # (n, 2I)
-            gate, up = gate_up[..., ::2].clamp(max=self.limit), gate_up[..., 1::2].clamp(-self.limit, self.limit)
-            act = (up + 1) * (gate * torch.sigmoid(gate * self.alpha))
-            y = F.linear(act, self._weight("down_proj", e), self.down_proj_bias[e])  # (n, H)
-            out.index_add_(0, token, y * weights[token, slot, None].float())
+            out.index_add_(0, token, self.expert(e, x[token]) * weights[token, slot, None].float())
         return out
+
+
+class _PackedExpertsFn(torch.autograd.Function):
+    """The kernels' forward; backward recomputes each routed expert in float32 torch ops (one expert's
+    weights dequantized at a time) for the gradients of the tokens and of their routing weights."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor, experts: PackedExperts) -> torch.Tensor:
+        ctx.experts = experts
+        ctx.save_for_backward(x, idx, weights)
+        b = experts._buffers
+        return experts.ops.moe_forward(x, idx, weights, b["gate_up_proj_blocks"], b["gate_up_proj_scales"],
+                                       b["gate_up_proj_bias"], b["down_proj_blocks"], b["down_proj_scales"],
+                                       b["down_proj_bias"], experts.alpha, experts.limit, SMALL_N)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, torch.Tensor, None]:
+        x, idx, weights = ctx.saved_tensors
+        grad_x, grad_w = torch.zeros_like(x), torch.zeros_like(weights)
+        for e in torch.unique(idx).tolist():
+            token, slot = torch.where(idx == e)
+            with torch.enable_grad():
+                xe = x[token].detach().requires_grad_()
+                y = ctx.experts.expert(e, xe)
+            g = grad[token]
+            grad_x.index_add_(0, token, torch.autograd.grad(y, xe, g * weights[token, slot, None])[0])
+            grad_w[token, slot] = (g * y.detach()).sum(-1).to(weights.dtype)
+        return grad_x, None, grad_w, None
 
 
 class DenseLinear(nn.Module):
@@ -101,15 +145,35 @@ class DenseLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).float().contiguous()
-        if self.packed:
+        if self.packed and needs_grad(x2):
+            y = _DenseLinearFn.apply(x2, self)
+        elif self.packed:
             y = self.ops.bf16_linear(x2, self.weight, self.bias, SMALL_N)
         elif self.weight.dtype == torch.float32:
             y = F.linear(x2, self.weight, self.bias)
         else:  # bf16 with no extension: float32 tiles, never the whole matrix at once
             y = torch.empty(x2.shape[0], self.out_features)
-            for r in range(0, self.out_features, 4096):
-                y[:, r:r + 4096] = F.linear(x2, self.weight[r:r + 4096].float(), None if self.bias is None else self.bias[r:r + 4096])
+            for r in range(0, self.out_features, TILE):
+                y[:, r:r + TILE] = F.linear(x2, self.weight[r:r + TILE].float(), None if self.bias is None else self.bias[r:r + TILE])
         return y.reshape(*shape[:-1], self.out_features)
+
+
+class _DenseLinearFn(torch.autograd.Function):
+    """The bf16 kernel's forward; backward: grad @ W in float32 tiles of the weight (nothing saved)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, linear: DenseLinear) -> torch.Tensor:
+        ctx.linear = linear
+        return linear.ops.bf16_linear(x, linear.weight, linear.bias, SMALL_N)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        w = ctx.linear.weight
+        grad_x = grad.new_zeros(grad.shape[0], w.shape[1])
+        for r in range(0, w.shape[0], TILE):
+            grad_x.addmm_(grad[:, r:r + TILE], w[r:r + TILE].float())
+        return grad_x, None
 
 
 class DenseEmbedding(nn.Module):
