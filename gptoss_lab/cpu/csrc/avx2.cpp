@@ -123,7 +123,7 @@ TARGET void fixed_rows(const uint8_t* xq, int64_t K, const uint8_t* b, const uin
     const __m256 step = _mm256_loadu_ps(reinterpret_cast<const float*>(p + 448));
     for (int i = 0; i < R; ++i) {
       const uint8_t* row = b + i * G * 16 + g * 16;
-      if ((g & 3) == 0) _mm_prefetch(reinterpret_cast<const char*>(row + R * G * 16), _MM_HINT_T1);
+      if ((g & 3) == 0) _mm_prefetch(reinterpret_cast<const char*>(row + kFixedAhead * R * G * 16), _MM_HINT_T1);
       const __m256i v = both ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row))
                              : _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row)));
       const __m256i wl = _mm256_shuffle_epi8(table, _mm256_and_si256(v, low4));

@@ -108,7 +108,7 @@ TARGET_VNNI void fixed_rows(const uint8_t* xq, int64_t K, const uint8_t* b, cons
     uint32_t four[4] = {0, 0, 0, 0};
     for (int i = 0; i < R; ++i) {
       const uint8_t* row = b + i * G * 16 + q * 64;
-      _mm_prefetch(reinterpret_cast<const char*>(row + R * G * 16), _MM_HINT_T1);  // the next R rows' line
+      _mm_prefetch(reinterpret_cast<const char*>(row + kFixedAhead * R * G * 16), _MM_HINT_T1);  // R rows on
       __m512i v = _mm512_maskz_loadu_epi8(valid, row);
       asm("" : "+v"(v));  // one load (folded, it was loaded twice)
       sums[i] = row_sums(v, table, e0, o0, e1, o1, e2, o2, corr);

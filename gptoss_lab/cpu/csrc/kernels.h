@@ -35,9 +35,11 @@ constexpr int64_t kBlock = 32;
 // less at 1024 or 4096). Rows are contiguous, so this reaches into the next rows of the same matrix.
 // The bf16 kernels stream at the bandwidth already; a prefetch there made them slower.
 constexpr int64_t kPrefetchAhead = 2048;
-// The fixed-point kernels read R rows side by side: each asks for the line of the next R rows at the
-// same column into L2, one per 64 bytes read (2 cores here, 1.2-GB mat-vec at 31-33 GB/s of read
-// bandwidth: none 12-13 GB/s, 2048 bytes ahead into L1 15-17, the next rows into L1 19-21, into L2 24-25).
+// The fixed-point kernels read R rows side by side: each asks for the line kFixedAhead sets of R rows on,
+// at the same column, into L2, one per 64 bytes read (2 cores here, 1.2-GB mat-vec at 31-33 GB/s of read
+// bandwidth: none 12-13 GB/s, 2048 bytes ahead into L1 15-17, the next rows into L1 19-21, into L2 24-25;
+// a decoded token's 4 experts of 20b's shape, at 32 GB/s: the next set 26.3 GB/s, two sets on 27.8).
+constexpr int64_t kFixedAhead = 2;
 
 // f(t, std::integral_constant<int, N>) over the tokens [0, n): four at a time (kept in registers
 // through a pass over a row), then the one to three left. Each ISA file's row kernels take N as a template.
