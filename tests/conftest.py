@@ -57,6 +57,21 @@ def vectors() -> Path:
 
 
 @pytest.fixture(scope="session")
+def cpu_kernels():
+    """The CPU engine's compiled extension (`make install` builds it): where it is missing a test fails in
+    CI and is skipped elsewhere, naming why."""
+    from gptoss_lab.cpu import build
+
+    ops = build.ops()
+    if ops is None:
+        msg = f"the CPU kernels are not built here: {build.why_not()}"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return ops
+
+
+@pytest.fixture(scope="session")
 def offline() -> tuple[str, ...]:
     """A command prefix that runs a program in a new network namespace: no network, loopback down."""
     if shutil.which("unshare") and subprocess.run(["unshare", "-rn", "true"]).returncode == 0:
