@@ -46,7 +46,7 @@ def attention(
     window = getattr(module, "sliding_window", None) if attention_mask is not None else None
     chunk = max(1, SCORE_BYTES // (B * H * (min(k, q + (window or k)) + 1) * query.element_size()))
     if (q == 1 and query.dtype == key.dtype == value.dtype == torch.float32 and (ops := _ops()) is not None
-            and not needs_grad(query, key, value, getattr(module, "sinks", None))):
+            and not needs_grad(query, key, value, module.sinks)):
         start = first_key(k - 1, window)
         flat = None if attention_mask is None else attention_mask[:, 0, 0, :k]
         out, probs = ops.decode_attention(query, key, value, flat, module.sinks, scaling, start)
